@@ -1,0 +1,261 @@
+"""Configuration: the hook's keyword options and the project's ``mlflow.yml`` / ``vertexai.yml``.
+
+``mlflow.yml`` is kedro-mlflow's file; this package reads it and never writes it. Its schema
+is restated here (same keys as kedro-mlflow 2.0.3) so that a typo fails with the key's name
+instead of being ignored, whether or not kedro-mlflow is installed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kedro_vertex_hooks.naming import DEFAULT_SECRET_PATTERNS
+
+
+class ConfigError(Exception):
+    """A configuration file or option is wrong; the message names the key and the file."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RequestHeaderProviderConfig(_Strict):
+    type: str | None = None
+    pass_context: bool = False
+    init_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class ServerConfig(_Strict):
+    mlflow_tracking_uri: str | None = None
+    mlflow_registry_uri: str | None = None
+    credentials: str | None = None
+    request_header_provider: RequestHeaderProviderConfig = Field(
+        default_factory=RequestHeaderProviderConfig
+    )
+
+
+class DisableTrackingConfig(_Strict):
+    pipelines: list[str] = Field(default_factory=list)
+    disable_autologging: bool = True
+
+
+class CreateExperimentConfig(_Strict):
+    artifact_location: str | None = None
+    tags: dict[str, Any] | None = None
+
+
+class ExperimentConfig(_Strict):
+    name: str | None = None
+    create_experiment_kwargs: CreateExperimentConfig = Field(
+        default_factory=CreateExperimentConfig
+    )
+    restore_if_deleted: bool = True
+
+
+class RunConfig(_Strict):
+    id: str | None = None
+    name: str | None = None
+    nested: bool = True
+
+
+class DictParamsConfig(_Strict):
+    flatten: bool = True
+    recursive: bool = True
+    sep: str = "."
+
+
+class ParamsConfig(_Strict):
+    dict_params: DictParamsConfig = Field(default_factory=DictParamsConfig)
+    long_params_strategy: Literal["fail", "truncate", "tag"] = "truncate"
+
+
+class TrackingConfig(_Strict):
+    disable_tracking: DisableTrackingConfig = Field(default_factory=DisableTrackingConfig)
+    experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    params: ParamsConfig = Field(default_factory=ParamsConfig)
+
+
+class UiConfig(_Strict):
+    port: str | int = "5000"
+    host: str = "127.0.0.1"
+
+
+class MlflowYml(_Strict):
+    """``conf/<env>/mlflow.yml``, kedro-mlflow's schema.
+
+    Defaults differ from kedro-mlflow's where its default breaks this use: dict params are
+    flattened (``model.a.b``) and over-long values truncated, unless the file says otherwise.
+    """
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    ui: UiConfig = Field(default_factory=UiConfig)
+
+
+class VertexaiMlflowConfig(_Strict):
+    request_header_provider_params: dict[str, Any] = Field(default_factory=dict)
+
+
+class VertexaiRunConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")  # kedro-vertexai's keys are not ours to check
+    mlflow: VertexaiMlflowConfig | None = None
+
+
+class VertexaiYml(BaseModel):
+    """The part of kedro-vertexai's ``vertexai.yml`` this package reads."""
+
+    model_config = ConfigDict(extra="allow")
+    run_config: VertexaiRunConfig | None = None
+
+
+class HookOptions(_Strict):
+    """Keyword options of ``MlflowRunHooks(...)``; all optional, documented in the README."""
+
+    on_param_conflict: Literal["tag", "fail"] = "tag"
+    env_tags: dict[str, str] = Field(default_factory=dict)
+    secret_patterns: tuple[str, ...] = DEFAULT_SECRET_PATTERNS
+    artifact_datasets: tuple[str, ...] = ()
+    metric_datasets: tuple[str, ...] = ()
+    background_writes: bool = True
+    strict: bool = False
+    outage_budget_s: float = Field(default=60.0, ge=0)
+    run_untracked_if_unreachable: bool = False
+    http_timeout_s: float = Field(default=10.0, gt=0)
+    http_max_retries: int = Field(default=2, ge=0)
+    run_search_settle_s: float = Field(default=1.0, ge=0)
+
+
+def parse_options(options: Mapping[str, Any]) -> HookOptions:
+    """Validate ``MlflowRunHooks(**options)``; unknown or mistyped options raise ConfigError."""
+    try:
+        return HookOptions.model_validate(dict(options))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, "MlflowRunHooks(...) in settings.py")) from None
+
+
+def parse_mlflow_yml(raw: Mapping[str, Any] | None, source: str) -> MlflowYml:
+    try:
+        return MlflowYml.model_validate(dict(raw or {}))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+
+
+def parse_vertexai_yml(raw: Mapping[str, Any] | None, source: str) -> VertexaiYml:
+    try:
+        return VertexaiYml.model_validate(dict(raw or {}))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "<top level>"
+        if error["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{key}'")
+        else:
+            problems.append(f"'{key}': {error['msg']}")
+    return f"Invalid configuration in {source}: " + "; ".join(problems)
+
+
+def _load(context: Any, name: str, patterns: list[str]) -> tuple[dict[str, Any], str]:
+    """Load ``conf/<env>/<name>*.yml`` through the project's own config loader."""
+    from kedro.config import MissingConfigException
+
+    loader = context.config_loader
+    source = f"conf/{{base,{context.env or 'local'}}}/{name}.yml"
+    if name not in loader.config_patterns:
+        loader.config_patterns.update({name: patterns})
+    try:
+        raw = loader[name]
+    except MissingConfigException:
+        return {}, source
+    except Exception as exc:  # YAML syntax errors and the like, from OmegaConf/yaml
+        raise ConfigError(f"Cannot read {source}: {exc}") from None
+    if raw is None:
+        return {}, source
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source} must hold a mapping, found {type(raw).__name__}")
+    return dict(raw), source
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """Everything this package reads from a Kedro project, resolved once per process."""
+
+    mlflow: MlflowYml
+    vertexai: VertexaiYml
+    tracking_uri: str
+    tracking_uri_source: str
+    experiment_name: str
+    project_path: Path
+
+    @property
+    def header_provider(self) -> RequestHeaderProviderConfig:
+        """``server.request_header_provider`` with vertexai.yml's params merged in."""
+        provider = self.mlflow.server.request_header_provider
+        extra = {}
+        if self.vertexai.run_config and self.vertexai.run_config.mlflow:
+            extra = self.vertexai.run_config.mlflow.request_header_provider_params
+        if not extra:
+            return provider
+        return provider.model_copy(update={"init_kwargs": {**provider.init_kwargs, **extra}})
+
+
+def default_tracking_uri(project_path: Path) -> str:
+    """The embedded store: a sqlite file in the project."""
+    return f"sqlite:///{(project_path / 'mlflow.db').as_posix()}"
+
+
+def load_project_config(context: Any) -> ProjectConfig:
+    """Read mlflow.yml and vertexai.yml and resolve the tracking URI and experiment."""
+    raw_mlflow, mlflow_source = _load(context, "mlflow", ["mlflow*", "mlflow*/**", "**/mlflow*"])
+    raw_vertex, vertex_source = _load(context, "vertexai", ["vertexai*", "vertexai*/**"])
+    mlflow_yml = parse_mlflow_yml(raw_mlflow, mlflow_source)
+    vertexai_yml = parse_vertexai_yml(raw_vertex, vertex_source)
+    project_path = Path(context.project_path)
+    tracking_uri, source = resolve_tracking_uri(mlflow_yml, project_path, mlflow_source)
+    experiment = mlflow_yml.tracking.experiment.name or _package_name(context, project_path)
+    return ProjectConfig(
+        mlflow=mlflow_yml,
+        vertexai=vertexai_yml,
+        tracking_uri=tracking_uri,
+        tracking_uri_source=source,
+        experiment_name=experiment,
+        project_path=project_path,
+    )
+
+
+def resolve_tracking_uri(
+    mlflow_yml: MlflowYml, project_path: Path, mlflow_source: str
+) -> tuple[str, str]:
+    """mlflow.yml, else ``MLFLOW_TRACKING_URI``, else the embedded sqlite store."""
+    configured = mlflow_yml.server.mlflow_tracking_uri
+    if configured:
+        if "://" not in configured and not configured.startswith("databricks"):
+            # kedro-mlflow reads a bare path as relative to the project
+            path = Path(configured)
+            path = path if path.is_absolute() else project_path / path
+            return path.resolve().as_uri(), f"{mlflow_source} server.mlflow_tracking_uri"
+        return configured, f"{mlflow_source} server.mlflow_tracking_uri"
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    if from_env:
+        return from_env, "environment variable MLFLOW_TRACKING_URI"
+    return default_tracking_uri(project_path), "default (sqlite store in the project)"
+
+
+def _package_name(context: Any, project_path: Path) -> str:
+    name = getattr(context, "_package_name", None)
+    if name:
+        return str(name)
+    from kedro.framework.startup import bootstrap_project
+
+    return bootstrap_project(project_path).package_name

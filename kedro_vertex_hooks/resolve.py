@@ -1,0 +1,183 @@
+"""Which MLflow run this process logs into, decided and checked once, before the first node.
+
+Order: ``MLFLOW_RUN_ID`` (resume), then the orchestrator's job id ``KEDRO_CONFIG_RUN_ID``
+(find the run tagged with it, or create it, converging when steps race), else local mode
+(a run of this ``kedro run`` alone).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from kedro_vertex_hooks.naming import TAG_JOB_ID, TAG_JOB_NAME
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+ENV_RUN_ID = "MLFLOW_RUN_ID"
+ENV_JOB_ID = "KEDRO_CONFIG_RUN_ID"
+ENV_JOB_NAME = "KEDRO_CONFIG_JOB_NAME"
+
+_RUN_ID_PATTERN = re.compile(r"^[a-zA-Z0-9][\w\-]{0,255}$")
+
+Mode = Literal["resume", "job", "local"]
+
+
+class RunResolutionError(Exception):
+    """The run cannot be used; the message names the run id and the tracking URI."""
+
+
+@dataclass(frozen=True)
+class RunSource:
+    """Where the run comes from, read from the environment before anything can change it."""
+
+    mode: Mode
+    run_id: str | None = None
+    job_id: str | None = None
+    job_name: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> RunSource:
+        env = os.environ if environ is None else environ
+        run_id = env.get(ENV_RUN_ID, "").strip() or None
+        job_id = env.get(ENV_JOB_ID, "").strip() or None
+        job_name = env.get(ENV_JOB_NAME, "").strip() or None
+        if run_id:
+            return cls("resume", run_id, job_id, job_name)
+        if job_id:
+            return cls("job", None, job_id, job_name)
+        return cls("local", None, None, job_name)
+
+    def describe(self) -> str:
+        if self.mode == "resume":
+            return f"{ENV_RUN_ID}={self.run_id} (resume that run)"
+        if self.mode == "job":
+            return f"{ENV_JOB_ID}={self.job_id} (the run tagged {TAG_JOB_ID}={self.job_id})"
+        return "local mode: a new run for this kedro run"
+
+
+@dataclass
+class ResolvedRun:
+    """The run, as read once at start: its id, status and what it already holds."""
+
+    run_id: str
+    experiment_id: str
+    status: str
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    created_here: bool = False
+
+    @classmethod
+    def from_run(cls, run: Run, created_here: bool = False) -> ResolvedRun:
+        return cls(
+            run_id=run.info.run_id,
+            experiment_id=run.info.experiment_id,
+            status=run.info.status,
+            tags=dict(run.data.tags),
+            params=dict(run.data.params),
+            created_here=created_here,
+        )
+
+
+def check_run_id_format(run_id: str, tracking_uri: str) -> None:
+    if not _RUN_ID_PATTERN.match(run_id):
+        raise RunResolutionError(
+            f"{ENV_RUN_ID}={run_id!r} is not a valid MLflow run id (expected letters, digits, "
+            f"'-' or '_'); tracking URI {tracking_uri}. Pass the id printed by the start step."
+        )
+
+
+def fetch_run(client: MlflowClient, run_id: str, tracking_uri: str) -> ResolvedRun:
+    """Read the run once; a missing or deleted run is an error naming the id and the URI."""
+    from mlflow.exceptions import MlflowException
+
+    check_run_id_format(run_id, tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise RunResolutionError(
+                f"MLflow run {run_id} does not exist at tracking URI {tracking_uri}. "
+                f"Check {ENV_RUN_ID} and that this step uses the same tracking server as the "
+                "step that created the run."
+            ) from None
+        raise
+    if run.info.lifecycle_stage == "deleted":
+        raise RunResolutionError(
+            f"MLflow run {run_id} at tracking URI {tracking_uri} is deleted. Restore it "
+            "(mlflow runs restore) or start a new run for this pipeline."
+        )
+    return ResolvedRun.from_run(run)
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """Experiment id for ``name``, created if needed (safe when steps race to create it)."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def runs_for_job(client: MlflowClient, experiment_id: str, job_id: str) -> list[Run]:
+    """Active runs tagged with ``job_id``, oldest first, ties broken by run id."""
+    escaped = job_id.replace("'", "\\'")
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.{TAG_JOB_ID} = '{escaped}'",
+        max_results=50,
+    )
+    return sorted(runs, key=lambda run: (run.info.start_time or 0, run.info.run_id))
+
+
+def job_tags(job_id: str | None, job_name: str | None) -> dict[str, str]:
+    tags = {}
+    if job_id:
+        tags[TAG_JOB_ID] = job_id
+    if job_name:
+        tags[TAG_JOB_NAME] = job_name
+    return tags
+
+
+def find_or_create_job_run(
+    client: MlflowClient,
+    experiment_id: str,
+    job_id: str,
+    job_name: str | None,
+    run_name: str | None,
+    settle_s: float,
+) -> ResolvedRun:
+    """The run of this orchestrator job; steps that start together converge on one.
+
+    A step that finds no run creates one, waits ``settle_s`` for racing steps to create
+    theirs, then all pick the oldest (ties by run id); the others delete the run they made.
+    """
+    existing = runs_for_job(client, experiment_id, job_id)
+    if existing:
+        return ResolvedRun.from_run(existing[0])
+    mine = client.create_run(
+        experiment_id, tags=job_tags(job_id, job_name), run_name=run_name or job_name
+    )
+    time.sleep(settle_s)
+    candidates = runs_for_job(client, experiment_id, job_id) or [mine]
+    winner = candidates[0]
+    if winner.info.run_id != mine.info.run_id:
+        client.delete_run(mine.info.run_id)
+        return ResolvedRun.from_run(winner)
+    return ResolvedRun.from_run(winner, created_here=True)

@@ -1,0 +1,319 @@
+"""Writes into the shared run: batched, queued, retried through outages, with explicit run ids.
+
+Hooks hand :class:`RunWriter` plain dicts; it turns them into as few ``log_batch`` requests as
+MLflow allows, keeps them through a server outage for a bounded time, resolves parameter
+conflicts, and reports at the end what was delivered late or given up. It only ever uses
+``MlflowClient`` with an explicit run id, never the fluent API's active run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from kedro_vertex_hooks.naming import (
+    MAX_TAG_VALUE_LENGTH,
+    TAG_PARAM_CONFLICT,
+    node_key,
+    trim,
+)
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+logger = logging.getLogger(__name__)
+
+_CONFLICT_MESSAGE = "Changing param values is not allowed"
+
+
+class ParamConflictError(Exception):
+    """A parameter already logged in the run with another value (``on_param_conflict="fail"``)."""
+
+
+class TrackingError(Exception):
+    """A write could not be delivered within the outage budget (raised in strict mode only)."""
+
+
+@dataclass
+class Write:
+    """One unit of work for the run: data to log, then optionally a status or an artifact."""
+
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    status: str | None = None
+    artifact: tuple[str, str | None] | None = None  # (local path, artifact folder)
+
+    def is_empty(self) -> bool:
+        return not (self.params or self.tags or self.metrics or self.status or self.artifact)
+
+    def merge(self, other: Write) -> None:
+        self.params.update(other.params)
+        self.tags.update(other.tags)
+        self.metrics.update(other.metrics)
+
+
+@dataclass
+class DeliveryReport:
+    delivered: int = 0
+    delivered_late: int = 0
+    given_up: int = 0
+    conflicts: list[str] = field(default_factory=list)
+    last_error: str | None = None
+
+    def summary(self) -> str:
+        text = (
+            f"{self.delivered} write(s) delivered, {self.delivered_late} of them late "
+            f"after a tracking outage, {self.given_up} given up"
+        )
+        return text + (f" (last error: {self.last_error})" if self.last_error else "")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors worth retrying: no connection, timeouts, 5xx and 429 answers."""
+    from mlflow.exceptions import MlflowException, RestException
+
+    if isinstance(exc, RestException):
+        status = exc.get_http_status_code()
+        return status >= 500 or status == 429
+    if isinstance(exc, MlflowException):
+        text = str(exc)
+        return any(
+            sign in text
+            for sign in ("failed with exception", "Max retries exceeded", "error code 5",
+                         "error code 429")
+        )
+    return isinstance(exc, (OSError, TimeoutError))
+
+
+class RunWriter:
+    """Queue of writes to one run, delivered by a background thread or on the caller's thread.
+
+    ``known_params`` is what the run held when it was read at start; equal re-logs are dropped
+    before sending and different values become conflicts instead of failing the batch.
+    """
+
+    def __init__(
+        self,
+        client: MlflowClient,
+        run_id: str,
+        known_params: Mapping[str, str],
+        *,
+        background: bool,
+        outage_budget_s: float,
+        on_param_conflict: Literal["tag", "fail"],
+        strict: bool,
+    ) -> None:
+        self._client = client
+        self.run_id = run_id
+        self._known_params = dict(known_params)
+        self._outage_budget_s = outage_budget_s
+        self._on_param_conflict = on_param_conflict
+        self._strict = strict
+        self._background = background and not strict
+        self.report = DeliveryReport()
+        self._lock = threading.Lock()
+        self._start_queue()
+
+    # -- public surface -------------------------------------------------------------------
+    def submit(self, write: Write, *, wait: bool = False) -> None:
+        """Queue ``write``; with ``wait`` (or without a background thread) deliver it now."""
+        if write.is_empty():
+            return
+        self._check_pid()
+        self._check_conflicts_locally(write)
+        if self._background and not wait:
+            self._queue.put(write)
+            return
+        self.flush()
+        self._deliver(write)
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Deliver everything queued so far; False if ``timeout_s`` ran out first."""
+        self._check_pid()
+        if not self._background:
+            return True
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout_s if timeout_s is not None else self._outage_budget_s + 30)
+
+    def close(self, timeout_s: float | None = None) -> DeliveryReport:
+        """Flush, stop the background thread and log what was late or lost."""
+        finished = self.flush(timeout_s)
+        if self._background and self._pid == os.getpid():
+            self._queue.put(None)
+        if not finished:
+            self.report.given_up += self._queue.qsize()
+        if self.report.delivered_late or self.report.given_up:
+            level = logging.WARNING if self.report.given_up else logging.INFO
+            logger.log(level, "MLflow run %s: %s", self.run_id, self.report.summary())
+        return self.report
+
+    # -- queue handling -------------------------------------------------------------------
+    def _start_queue(self) -> None:
+        self._pid = os.getpid()
+        self._queue: queue.Queue[Write | threading.Event | None] = queue.Queue()
+        if self._background:
+            self._thread = threading.Thread(
+                target=self._drain, name="kedro-vertex-hooks-writer", daemon=True
+            )
+            self._thread.start()
+
+    def _check_pid(self) -> None:
+        """After a fork (ParallelRunner) the writer thread is gone: deliver synchronously."""
+        if self._pid != os.getpid():
+            self._background = False
+            self._start_queue()
+
+    def _drain(self) -> None:
+        """Background loop: merge whatever is waiting into as few requests as possible."""
+        while True:
+            items = [self._queue.get()]
+            while True:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            batch: Write | None = None
+            for item in items:
+                if isinstance(item, Write):
+                    if batch is not None and batch.status is None and batch.artifact is None:
+                        batch.merge(item)
+                        batch.status, batch.artifact = item.status, item.artifact
+                        continue
+                    if batch is not None:
+                        self._deliver_logged(batch)
+                    batch = item
+                    continue
+                if batch is not None:
+                    self._deliver_logged(batch)
+                    batch = None
+                if item is None:
+                    return
+                item.set()
+            if batch is not None:
+                self._deliver_logged(batch)
+
+    def _deliver_logged(self, write: Write) -> None:
+        try:
+            self._deliver(write)
+        except Exception as exc:  # background thread: never dies, records instead
+            self.report.given_up += 1
+            self.report.last_error = _short_error(exc)
+            logger.warning(
+                "MLflow run %s: a write was given up: %s", self.run_id, self.report.last_error
+            )
+
+    # -- delivery -------------------------------------------------------------------------
+    def _deliver(self, write: Write) -> None:
+        with self._lock:
+            late = self._with_retries(lambda: self._send(write))
+        self.report.delivered += 1
+        if late:
+            self.report.delivered_late += 1
+
+    def _with_retries(self, action: Callable[[], None]) -> bool:
+        """Run ``action``, retrying transient errors within the outage budget; True if late."""
+        deadline = time.monotonic() + self._outage_budget_s
+        delay = 0.5
+        attempt = 0
+        while True:
+            try:
+                action()
+                return attempt > 0
+            except Exception as exc:
+                if not is_transient(exc) or time.monotonic() + delay > deadline:
+                    if is_transient(exc):
+                        self.report.last_error = _short_error(exc)
+                        if self._strict:
+                            raise TrackingError(
+                                f"MLflow run {self.run_id}: tracking server unreachable for "
+                                f"{self._outage_budget_s:.0f} s: {_short_error(exc)}"
+                            ) from None
+                    raise
+                attempt += 1
+                if attempt == 1:
+                    logger.warning(
+                        "MLflow run %s: tracking server not answering (%s); retrying for up "
+                        "to %.0f s",
+                        self.run_id,
+                        _short_error(exc),
+                        self._outage_budget_s,
+                    )
+                time.sleep(delay)
+                delay = min(delay * 2, 8.0)
+
+    def _send(self, write: Write) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.exceptions import MlflowException
+
+        params = self._new_params(write)
+        now_ms = int(time.time() * 1000)
+        try:
+            self._client.log_batch(
+                self.run_id,
+                metrics=[Metric(k, float(v), now_ms, 0) for k, v in write.metrics.items()],
+                params=[Param(k, v) for k, v in params.items()],
+                tags=[RunTag(k, v) for k, v in write.tags.items()],
+            )
+        except MlflowException as exc:
+            if _CONFLICT_MESSAGE not in str(exc):
+                raise
+            # Another container logged one of these keys since we read the run: refresh once.
+            self._known_params.update(self._client.get_run(self.run_id).data.params)
+            self._check_conflicts_locally(write)
+            self._send(write)
+            return
+        self._known_params.update(params)
+        if write.artifact:
+            path, folder = write.artifact
+            self._client.log_artifact(self.run_id, path, folder)
+        if write.status:
+            self._client.set_terminated(self.run_id, write.status)
+
+    def _new_params(self, write: Write) -> dict[str, str]:
+        return {k: v for k, v in write.params.items() if self._known_params.get(k) != v}
+
+    def _check_conflicts_locally(self, write: Write) -> None:
+        """Move params whose key holds another value in the run out of the write."""
+        for key in [k for k, v in write.params.items() if self._known_params.get(k, v) != v]:
+            value = write.params.pop(key)
+            old = self._known_params[key]
+            message = (
+                f"Parameter '{key}' is already logged in MLflow run {self.run_id} with value "
+                f"{trim(old, 200)!r}; this step has {trim(value, 200)!r}"
+            )
+            if self._on_param_conflict == "fail":
+                raise ParamConflictError(
+                    message + ". Set MlflowRunHooks(on_param_conflict='tag') to record it as "
+                    "a tag instead."
+                )
+            logger.warning("%s: recorded as tag %s", message, node_key(TAG_PARAM_CONFLICT, key))
+            self.report.conflicts.append(key)
+            write.tags[node_key(TAG_PARAM_CONFLICT, key)] = trim(value, MAX_TAG_VALUE_LENGTH)
+
+
+def _short_error(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {trim(text, 300)}"
+
+
+def as_write(
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, float] | None = None,
+    status: str | None = None,
+) -> Write:
+    """A :class:`Write` from plain mappings (values already legal)."""
+    return Write(
+        params={k: str(v) for k, v in (params or {}).items()},
+        tags={k: str(v) for k, v in (tags or {}).items()},
+        metrics=dict(metrics or {}),
+        status=status,
+    )

@@ -1,0 +1,1 @@
+"""Real servers and projects the tests run against (no mocks of MLflow, Kedro or google-auth)."""

@@ -1,0 +1,76 @@
+"""A real MLflow tracking server on 127.0.0.1 with a sqlite store, in its own process group."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MlflowServer:
+    """``mlflow server --workers 1`` on a free loopback port; ``stop()`` kills its group."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.db_uri = f"sqlite:///{(self.workdir / 'mlflow.db').as_posix()}"
+        self.artifacts = self.workdir / "artifacts"
+        self._process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 90) -> MlflowServer:
+        log = open(self.workdir / "server.log", "ab")  # noqa: SIM115 (lives with the process)
+        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+        self._process = subprocess.Popen(
+            [
+                sys.executable, "-m", "mlflow", "server",
+                "--backend-store-uri", self.db_uri,
+                "--artifacts-destination", self.artifacts.as_posix(),
+                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            ],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(
+                    f"mlflow server exited early: {(self.workdir / 'server.log').read_text()[-2000:]}"
+                )
+            try:
+                if requests.get(self.uri + "/health", timeout=1).ok:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"mlflow server on {self.uri} not healthy after {timeout_s} s")
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        try:
+            os.killpg(self._process.pid, signal.SIGTERM)
+            self._process.wait(timeout=15)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.wait(timeout=15)
+        self._process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
