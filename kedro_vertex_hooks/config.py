@@ -53,9 +53,7 @@ class CreateExperimentConfig(_Strict):
 
 class ExperimentConfig(_Strict):
     name: str | None = None
-    create_experiment_kwargs: CreateExperimentConfig = Field(
-        default_factory=CreateExperimentConfig
-    )
+    create_experiment_kwargs: CreateExperimentConfig = Field(default_factory=CreateExperimentConfig)
     restore_if_deleted: bool = True
 
 

@@ -136,9 +136,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def flatten(
-    params: Mapping[str, Any], sep: str = ".", recursive: bool = True
-) -> dict[str, Any]:
+def flatten(params: Mapping[str, Any], sep: str = ".", recursive: bool = True) -> dict[str, Any]:
     """Flatten nested dicts: ``{"model": {"a": {"b": 1}}}`` gives ``{"model.a.b": 1}``.
 
     With ``recursive=False`` only the first level is expanded (kedro-mlflow's option).

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from kedro_vertex_hooks.naming import (
     MAX_TAG_VALUE_LENGTH,
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _CONFLICT_MESSAGE = "Changing param values is not allowed"
+T = TypeVar("T")
 
 
 class ParamConflictError(Exception):
@@ -86,10 +87,41 @@ def is_transient(exc: BaseException) -> bool:
         text = str(exc)
         return any(
             sign in text
-            for sign in ("failed with exception", "Max retries exceeded", "error code 5",
-                         "error code 429")
+            for sign in (
+                "failed with exception",
+                "Max retries exceeded",
+                "error code 5",
+                "error code 429",
+            )
         )
     return isinstance(exc, (OSError, TimeoutError))
+
+
+def retry_transient(action: Callable[[], T], budget_s: float, what: str) -> tuple[T, bool]:
+    """Call ``action``, retrying transient errors with backoff for up to ``budget_s``.
+
+    Returns the result and whether it needed retries; the last error is raised when the
+    budget is spent or the error is not transient.
+    """
+    deadline = time.monotonic() + budget_s
+    delay = 0.5
+    attempt = 0
+    while True:
+        try:
+            return action(), attempt > 0
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() + delay > deadline:
+                raise
+            attempt += 1
+            if attempt == 1:
+                logger.warning(
+                    "%s: tracking server not answering (%s); retrying for up to %.0f s",
+                    what,
+                    short_error(exc),
+                    budget_s,
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
 
 
 class RunWriter:
@@ -205,7 +237,7 @@ class RunWriter:
             self._deliver(write)
         except Exception as exc:  # background thread: never dies, records instead
             self.report.given_up += 1
-            self.report.last_error = _short_error(exc)
+            self.report.last_error = short_error(exc)
             logger.warning(
                 "MLflow run %s: a write was given up: %s", self.run_id, self.report.last_error
             )
@@ -219,35 +251,19 @@ class RunWriter:
             self.report.delivered_late += 1
 
     def _with_retries(self, action: Callable[[], None]) -> bool:
-        """Run ``action``, retrying transient errors within the outage budget; True if late."""
-        deadline = time.monotonic() + self._outage_budget_s
-        delay = 0.5
-        attempt = 0
-        while True:
-            try:
-                action()
-                return attempt > 0
-            except Exception as exc:
-                if not is_transient(exc) or time.monotonic() + delay > deadline:
-                    if is_transient(exc):
-                        self.report.last_error = _short_error(exc)
-                        if self._strict:
-                            raise TrackingError(
-                                f"MLflow run {self.run_id}: tracking server unreachable for "
-                                f"{self._outage_budget_s:.0f} s: {_short_error(exc)}"
-                            ) from None
-                    raise
-                attempt += 1
-                if attempt == 1:
-                    logger.warning(
-                        "MLflow run %s: tracking server not answering (%s); retrying for up "
-                        "to %.0f s",
-                        self.run_id,
-                        _short_error(exc),
-                        self._outage_budget_s,
-                    )
-                time.sleep(delay)
-                delay = min(delay * 2, 8.0)
+        """Run ``action`` through an outage; True if it was delivered late."""
+        try:
+            _, late = retry_transient(action, self._outage_budget_s, f"MLflow run {self.run_id}")
+        except Exception as exc:
+            if is_transient(exc):
+                self.report.last_error = short_error(exc)
+                if self._strict:
+                    raise TrackingError(
+                        f"MLflow run {self.run_id}: tracking server unreachable for "
+                        f"{self._outage_budget_s:.0f} s: {short_error(exc)}"
+                    ) from None
+            raise
+        return late
 
     def _send(self, write: Write) -> None:
         from mlflow.entities import Metric, Param, RunTag
@@ -299,7 +315,7 @@ class RunWriter:
             write.tags[node_key(TAG_PARAM_CONFLICT, key)] = trim(value, MAX_TAG_VALUE_LENGTH)
 
 
-def _short_error(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {trim(text, 300)}"
 

@@ -1,0 +1,167 @@
+"""Kedro hooks: translate Kedro's events into calls on the process's tracking session.
+
+Register in ``settings.py``::
+
+    from kedro_vertex_hooks import MlflowRunHooks
+    HOOKS = (MlflowRunHooks(),)
+
+Every decision (which run, what to log, which status) lives in the modules these hooks call;
+each hook here only picks the session for the current process and forwards the event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from kedro.framework.hooks import hook_impl
+
+from kedro_vertex_hooks.config import ProjectConfig, load_project_config, parse_options
+from kedro_vertex_hooks.kedro_mlflow_compat import (
+    point_datasets_at_run,
+    switch_off_kedro_mlflow_hook,
+)
+from kedro_vertex_hooks.resolve import RunSource
+
+logger = logging.getLogger(__name__)
+
+_passive = False
+
+
+@contextlib.contextmanager
+def passive() -> Iterator[None]:
+    """Keep the hooks idle while this package's own commands load the project context."""
+    global _passive
+    previous, _passive = _passive, True
+    try:
+        yield
+    finally:
+        _passive = previous
+
+
+def _pipeline_name(run_params: dict[str, Any]) -> str:
+    names = run_params.get("pipeline_names") or run_params.get("pipeline_name") or "__default__"
+    return names if isinstance(names, str) else "+".join(names)
+
+
+def _pipeline_node_names(pipeline_name: str, fallback: Any) -> list[str]:
+    """Node names of the whole pipeline this step belongs to (not the ``--nodes`` subset)."""
+    from kedro.framework.project import pipelines
+
+    nodes: list[str] = []
+    for name in pipeline_name.split("+"):
+        pipeline = pipelines.get(name)
+        if pipeline is None:
+            return [node.name for node in fallback.nodes]
+        nodes.extend(node.name for node in pipeline.nodes)
+    return nodes
+
+
+class MlflowRunHooks:
+    """Log every node of a Kedro pipeline into one MLflow run, across processes.
+
+    Options are keyword arguments, all optional, validated at construction (see the README
+    and :class:`kedro_vertex_hooks.config.HookOptions`).
+    """
+
+    def __init__(self, **options: Any) -> None:
+        self.options = parse_options(options)
+        self._config: ProjectConfig | None = None
+        self._context: Any = None
+        self._source: RunSource | None = None
+        self._session: Any = None
+        self._session_pid = os.getpid()
+        self._pipeline_nodes: list[str] = []
+        self._restore_env: dict[str, str | None] = {}
+
+    @hook_impl(tryfirst=True)
+    def after_context_created(self, context: Any) -> None:
+        """Read the run source before anything can remove MLFLOW_RUN_ID; check the config."""
+        if _passive:
+            return
+        self._source = RunSource.from_env()
+        self._context = context
+        self._config = load_project_config(context)
+        switch_off_kedro_mlflow_hook(context)
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(
+        self, run_params: dict[str, Any], pipeline: Any, catalog: Any
+    ) -> None:
+        """Resolve and check the run before the first node; fail the step if it is unusable."""
+        if _passive or self._config is None or self._source is None:
+            return
+        from kedro_vertex_hooks.session import TrackingSession
+
+        name = _pipeline_name(run_params)
+        self._pipeline_nodes = _pipeline_node_names(name, pipeline)
+        self._session = TrackingSession.open(
+            self._config, self.options, self._source, self._context, name
+        )
+        self._session_pid = os.getpid()
+        self._restore_env = self._session.export_to_children()
+        logger.info(
+            "Logging into MLflow run %s at %s (%s)",
+            self._session.run_id,
+            self._config.tracking_uri,
+            self._source.describe(),
+        )
+
+    def _here(self) -> Any:
+        """This process's session: the parent's, or one rebuilt in a worker process."""
+        if self._session is not None and self._session_pid == os.getpid():
+            return self._session
+        from kedro_vertex_hooks.session import SessionSpec, TrackingSession
+
+        spec = SessionSpec.from_env()
+        if spec is None:
+            return None
+        self._session = TrackingSession.for_worker(spec, self.options)
+        self._session_pid = os.getpid()
+        return self._session
+
+    @hook_impl
+    def before_node_run(self, node: Any, catalog: Any, inputs: dict[str, Any]) -> None:
+        session = self._here()
+        if session is None:
+            return
+        point_datasets_at_run(catalog, node.outputs, session.run_id)
+        session.node_started(node.name, inputs)
+
+    @hook_impl
+    def after_node_run(self, node: Any) -> None:
+        session = self._here()
+        if session is not None:
+            session.node_completed(node.name)
+
+    @hook_impl
+    def on_node_error(self, error: Exception, node: Any) -> None:
+        session = self._here()
+        if session is not None:
+            session.node_failed(node.name, error)
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        session = self._end_of_step()
+        if session is not None:
+            status = session.finish_step(self._pipeline_nodes)
+            logger.info("MLflow run %s is %s", session.run_id, status)
+
+    @hook_impl
+    def on_pipeline_error(self, error: Exception) -> None:
+        session = self._end_of_step()
+        if session is not None:
+            session.fail_step(error)
+
+    def _end_of_step(self) -> Any:
+        session, self._session = self._session, None
+        for name, value in self._restore_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._restore_env = {}
+        return session

@@ -1,0 +1,381 @@
+"""One process's part of the shared run: what a node start, end or failure writes, and when
+the run's status changes.
+
+The hooks translate Kedro events into calls on :class:`TrackingSession`; it decides what to
+write and hands it to the :class:`~kedro_vertex_hooks.writer.RunWriter`. Worker processes
+(ParallelRunner) rebuild their session from :class:`SessionSpec`, which the parent exports in
+the environment.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import resource
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from kedro_vertex_hooks.config import (
+    ConfigError,
+    HookOptions,
+    ParamsConfig,
+    ProjectConfig,
+    RequestHeaderProviderConfig,
+)
+from kedro_vertex_hooks.naming import (
+    MAX_TAG_VALUE_LENGTH,
+    METRIC_NODE_DURATION,
+    METRIC_NODE_PEAK_RSS,
+    NODE_COMPLETED,
+    NODE_FAILED,
+    NODE_RUNNING,
+    TAG_ERROR,
+    TAG_FAILED_NODE,
+    TAG_LATEST_NODE,
+    TAG_NODE_ENDED,
+    TAG_NODE_HOST,
+    TAG_NODE_STARTED,
+    TAG_NODE_STATUS,
+    TAG_PIPELINE,
+    clean_text,
+    legal_key,
+    node_key,
+    trim,
+)
+from kedro_vertex_hooks.params import prepare_params
+from kedro_vertex_hooks.resolve import (
+    ENV_RUN_ID,
+    ResolvedRun,
+    RunSource,
+    ensure_experiment,
+    fetch_run,
+    find_or_create_job_run,
+    job_tags,
+)
+from kedro_vertex_hooks.writer import RunWriter, Write, retry_transient
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+logger = logging.getLogger(__name__)
+
+SESSION_ENV = "KEDRO_VERTEX_HOOKS_SESSION"
+RUNNING, FINISHED, FAILED = "RUNNING", "FINISHED", "FAILED"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux reports KiB)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def error_text(error: BaseException) -> str:
+    """``<ExceptionType>: <message>`` as tag ``kedro.error`` shows it, within MLflow's limit."""
+    try:
+        message = str(error)
+    except Exception:
+        message = "<message unavailable>"
+    return trim(clean_text(f"{type(error).__name__}: {message}"), MAX_TAG_VALUE_LENGTH)
+
+
+def apply_http_defaults(options: HookOptions) -> None:
+    """Make MLflow's HTTP timeouts and retries fit a node step, unless the user set them.
+
+    MLflow's defaults (7 retries, 120 s timeout, backoff 2) can block one call for minutes;
+    this package retries through outages itself, within ``outage_budget_s``.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(options.http_timeout_s)))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(options.http_max_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+def connect(
+    config: ProjectConfig | SessionSpec, options: HookOptions, kedro_context: Any = None
+) -> MlflowClient:
+    """An MlflowClient for the project's tracking URI, with its auth provider installed.
+
+    The URI is also exported (``MLFLOW_TRACKING_URI``) so that worker processes and
+    kedro-mlflow's datasets talk to the same server.
+    """
+    uri = config.tracking_uri
+    if uri.startswith("sqlite:") and importlib.util.find_spec("sqlalchemy") is None:
+        raise ConfigError(
+            f"The tracking URI {uri} is a local sqlite store, which needs the full 'mlflow' "
+            "package; this image has only the MLflow client. Set server.mlflow_tracking_uri "
+            "in conf/<env>/mlflow.yml (or MLFLOW_TRACKING_URI) to your tracking server."
+        )
+    apply_http_defaults(options)
+    provider = config.header_provider
+    if provider.type:
+        from kedro_vertex_hooks.auth import install_header_provider
+
+        install_header_provider(provider, kedro_context if provider.pass_context else None)
+    import mlflow
+    from mlflow import MlflowClient
+
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """What a worker process needs to log into the same run, as JSON in ``SESSION_ENV``."""
+
+    tracking_uri: str
+    run_id: str
+    params_config: dict[str, Any]
+    header_provider_config: dict[str, Any]
+
+    @property
+    def header_provider(self) -> RequestHeaderProviderConfig:
+        return RequestHeaderProviderConfig.model_validate(self.header_provider_config)
+
+    @property
+    def params(self) -> ParamsConfig:
+        return ParamsConfig.model_validate(self.params_config)
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls) -> SessionSpec | None:
+        raw = os.environ.get(SESSION_ENV)
+        return cls(**json.loads(raw)) if raw else None
+
+
+def in_worker_process() -> bool:
+    """True in a multiprocessing worker, which may exit without running atexit handlers."""
+    import multiprocessing
+
+    return multiprocessing.parent_process() is not None
+
+
+class TrackingSession:
+    """The shared run as seen by one process: node events in, batched writes out."""
+
+    def __init__(
+        self,
+        client: MlflowClient,
+        spec: SessionSpec,
+        options: HookOptions,
+        run: ResolvedRun | None,
+        source: RunSource,
+    ) -> None:
+        self.client = client
+        self.spec = spec
+        self.run_id = spec.run_id
+        self.options = options
+        self.source = source
+        self._run = run
+        self._params_config = spec.params
+        self._pid = os.getpid()
+        self._started: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._pending_run_tags: dict[str, str] = {}
+        self.writer = RunWriter(
+            client,
+            spec.run_id,
+            run.params if run else {},
+            background=options.background_writes and not in_worker_process(),
+            outage_budget_s=options.outage_budget_s,
+            on_param_conflict=options.on_param_conflict,
+            strict=options.strict,
+        )
+
+    # -- opening ---------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        config: ProjectConfig,
+        options: HookOptions,
+        source: RunSource,
+        kedro_context: Any = None,
+        pipeline_name: str = "__default__",
+    ) -> TrackingSession:
+        """Resolve and check the run (retrying through a short outage) and connect to it."""
+        client = connect(config, options, kedro_context)
+        what = f"Tracking URI {config.tracking_uri}"
+        run, _ = retry_transient(
+            lambda: _resolve(client, config, options, source, pipeline_name),
+            options.outage_budget_s,
+            what,
+        )
+        spec = SessionSpec(
+            tracking_uri=config.tracking_uri,
+            run_id=run.run_id,
+            params_config=config.mlflow.tracking.params.model_dump(),
+            header_provider_config=config.header_provider.model_dump(),
+        )
+        session = cls(client, spec, options, run, source)
+        session._pending_run_tags = session._missing_run_tags(pipeline_name)
+        return session
+
+    @classmethod
+    def for_worker(cls, spec: SessionSpec, options: HookOptions) -> TrackingSession:
+        """A session in a ParallelRunner worker, from the spec its parent exported."""
+        client = connect(spec, options)
+        return cls(client, spec, options, None, RunSource.from_env())
+
+    def export_to_children(self) -> dict[str, str | None]:
+        """Put the run in the environment for worker processes; returns what it replaced."""
+        previous = {name: os.environ.get(name) for name in (SESSION_ENV, ENV_RUN_ID)}
+        os.environ[SESSION_ENV] = self.spec.to_env()
+        os.environ[ENV_RUN_ID] = self.run_id
+        return previous
+
+    def _missing_run_tags(self, pipeline_name: str) -> dict[str, str]:
+        """Correlation tags the run lacks: set once, with the first node's write."""
+        wanted = job_tags(self.source.job_id, self.source.job_name)
+        wanted[TAG_PIPELINE] = pipeline_name
+        for env_name, tag in self.options.env_tags.items():
+            if os.environ.get(env_name):
+                wanted[legal_key(tag)] = os.environ[env_name]
+        have = self._run.tags if self._run else {}
+        return {k: v for k, v in wanted.items() if have.get(k) != v}
+
+    # -- node events -----------------------------------------------------------------------
+    def node_started(self, node_name: str, inputs: Mapping[str, Any]) -> None:
+        prepared = prepare_params(inputs, self._params_config, self.options.secret_patterns)
+        with self._lock:
+            self._started[node_name] = time.monotonic()
+            run_tags, self._pending_run_tags = self._pending_run_tags, {}
+        tags = {
+            **run_tags,
+            **prepared.tags,
+            TAG_LATEST_NODE: node_name,
+            node_key(TAG_NODE_STATUS, node_name): NODE_RUNNING,
+            node_key(TAG_NODE_STARTED, node_name): utc_now(),
+            node_key(TAG_NODE_HOST, node_name): socket.gethostname(),
+        }
+        self.writer.submit(Write(params=prepared.params, tags=tags))
+
+    def node_completed(self, node_name: str) -> None:
+        self.writer.submit(self._node_end(node_name, NODE_COMPLETED))
+
+    def node_failed(self, node_name: str, error: BaseException) -> None:
+        """Record the failure and mark the run FAILED now, synchronously: it must not wait."""
+        write = self._node_end(node_name, NODE_FAILED)
+        write.tags.update(self._first_failure_tags(node_name, error))
+        write.status = FAILED
+        self.writer.submit(write, wait=True)
+
+    def _node_end(self, node_name: str, status: str) -> Write:
+        with self._lock:
+            started = self._started.pop(node_name, None)
+        metrics = {node_key(METRIC_NODE_PEAK_RSS, node_name): peak_rss_mb()}
+        if started is not None:
+            metrics[node_key(METRIC_NODE_DURATION, node_name)] = round(
+                time.monotonic() - started, 3
+            )
+        tags = {
+            node_key(TAG_NODE_STATUS, node_name): status,
+            node_key(TAG_NODE_ENDED, node_name): utc_now(),
+        }
+        return Write(tags=tags, metrics=metrics)
+
+    def _first_failure_tags(self, node_name: str | None, error: BaseException) -> dict[str, str]:
+        """``kedro.failed_node``/``kedro.error``, unless an earlier failure already set them."""
+        self.writer.flush()
+        run, _ = retry_transient(
+            lambda: self.client.get_run(self.run_id),
+            self.options.outage_budget_s,
+            f"MLflow run {self.run_id}",
+        )
+        if TAG_FAILED_NODE in run.data.tags:
+            return {}
+        tags = {TAG_ERROR: error_text(error)}
+        if node_name:
+            tags[TAG_FAILED_NODE] = node_name
+        return tags
+
+    # -- step end --------------------------------------------------------------------------
+    def in_flight_nodes(self) -> list[str]:
+        with self._lock:
+            return list(self._started)
+
+    def finish_step(self, pipeline_nodes: Iterable[str]) -> str:
+        """After the last node of this step: set the status the whole run now deserves."""
+        self.writer.flush()
+        if self.source.mode == "local":
+            target: str | None = FINISHED
+        else:
+            run, _ = retry_transient(
+                lambda: self.client.get_run(self.run_id),
+                self.options.outage_budget_s,
+                f"MLflow run {self.run_id}",
+            )
+            target = step_end_status(run.info.status, run.data.tags, pipeline_nodes)
+        if target:
+            self.writer.submit(Write(status=target), wait=True)
+        self.close()
+        return target or RUNNING
+
+    def fail_step(self, error: BaseException) -> None:
+        """The step failed: nodes still in flight failed with it, and the run is FAILED.
+
+        A node failure was already recorded by :meth:`node_failed`; this also covers errors
+        outside a node (saving an output, a hook) and workers whose hooks never reported.
+        """
+        in_flight = self.in_flight_nodes()
+        for node_name in in_flight:
+            self.node_failed(node_name, error)
+        if not in_flight:
+            write = Write(tags=self._first_failure_tags(None, error), status=FAILED)
+            self.writer.submit(write, wait=True)
+        self.close()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def step_end_status(status: str, tags: Mapping[str, str], pipeline_nodes: Iterable[str]) -> str:
+    """The run status after a step, given what the run holds now; None when unchanged.
+
+    FAILED is sticky; FINISHED only when every node of the pipeline completed; otherwise
+    RUNNING (correcting a run that something else ended early).
+    """
+    if status == FAILED or TAG_FAILED_NODE in tags:
+        target = FAILED
+    elif all(tags.get(node_key(TAG_NODE_STATUS, n)) == NODE_COMPLETED for n in pipeline_nodes):
+        target = FINISHED
+    else:
+        target = RUNNING
+    return None if target == status else target
+
+
+def _resolve(
+    client: MlflowClient,
+    config: ProjectConfig,
+    options: HookOptions,
+    source: RunSource,
+    pipeline_name: str,
+) -> ResolvedRun:
+    if source.mode == "resume":
+        assert source.run_id is not None
+        return fetch_run(client, source.run_id, config.tracking_uri)
+    experiment_id = ensure_experiment(client, config.experiment_name)
+    if source.mode == "job":
+        assert source.job_id is not None
+        return find_or_create_job_run(
+            client,
+            experiment_id,
+            source.job_id,
+            source.job_name,
+            run_name=None,
+            settle_s=options.run_search_settle_s,
+        )
+    run = client.create_run(experiment_id, tags={TAG_PIPELINE: pipeline_name})
+    return ResolvedRun.from_run(run, created_here=True)

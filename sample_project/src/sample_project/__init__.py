@@ -1,0 +1,4 @@
+"""sample_project
+"""
+
+__version__ = "0.1"
