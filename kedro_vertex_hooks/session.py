@@ -138,6 +138,7 @@ class SessionSpec:
     run_id: str
     params_config: dict[str, Any]
     header_provider_config: dict[str, Any]
+    hook_options: dict[str, Any]
 
     @property
     def header_provider(self) -> RequestHeaderProviderConfig:
@@ -218,6 +219,7 @@ class TrackingSession:
             run_id=run.run_id,
             params_config=config.mlflow.tracking.params.model_dump(),
             header_provider_config=config.header_provider.model_dump(),
+            hook_options=options.model_dump(mode="json"),
         )
         session = cls(client, spec, options, run, source)
         session._pending_run_tags = session._missing_run_tags(pipeline_name)

@@ -36,12 +36,25 @@ class MlflowServer:
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
         self._process = subprocess.Popen(
             [
-                sys.executable, "-m", "mlflow", "server",
-                "--backend-store-uri", self.db_uri,
-                "--artifacts-destination", self.artifacts.as_posix(),
-                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                self.db_uri,
+                "--artifacts-destination",
+                self.artifacts.as_posix(),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
             ],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

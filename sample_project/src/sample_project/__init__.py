@@ -1,4 +1,3 @@
-"""sample_project
-"""
+"""sample_project"""
 
 __version__ = "0.1"

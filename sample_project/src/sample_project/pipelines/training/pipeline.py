@@ -13,19 +13,35 @@ def create_pipeline() -> Pipeline:
             node(n.split_train, ["clean_data", "params:split"], "train_set", name="split_train"),
             node(n.split_test, ["clean_data", "params:split"], "test_set", name="split_test"),
             node(n.compute_stats, "clean_data", "data_stats", name="compute_stats"),
-            node(n.train_linear, ["train_set", "params:model.linear"], "linear_model",
-                 name="train_linear"),
+            node(
+                n.train_linear,
+                ["train_set", "params:model.linear"],
+                "linear_model",
+                name="train_linear",
+            ),
             node(n.train_tree, ["train_set", "params:model.tree"], "tree_model", name="train_tree"),
-            node(n.evaluate_linear, ["linear_model", "test_set"], "linear_metrics",
-                 name="evaluate_linear"),
-            node(n.evaluate_tree, ["tree_model", "test_set"], "tree_metrics",
-                 name="evaluate_tree"),
-            node(n.select_model, ["linear_metrics", "tree_metrics", "params:selection"],
-                 "model_choice", name="select_model"),
-            node(n.write_report, ["model_choice", "data_stats", "params:report"], "report",
-                 name="write_report"),
-            node(n.quality_gate, ["report", "params:failure"], "approved_report",
-                 name="quality_gate"),
+            node(
+                n.evaluate_linear,
+                ["linear_model", "test_set"],
+                "linear_metrics",
+                name="evaluate_linear",
+            ),
+            node(n.evaluate_tree, ["tree_model", "test_set"], "tree_metrics", name="evaluate_tree"),
+            node(
+                n.select_model,
+                ["linear_metrics", "tree_metrics", "params:selection"],
+                "model_choice",
+                name="select_model",
+            ),
+            node(
+                n.write_report,
+                ["model_choice", "data_stats", "params:report"],
+                "report",
+                name="write_report",
+            ),
+            node(
+                n.quality_gate, ["report", "params:failure"], "approved_report", name="quality_gate"
+            ),
             node(n.publish, "approved_report", "publication", name="publish"),
         ]
     )

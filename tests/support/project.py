@@ -1,0 +1,102 @@
+"""sample_project copied into a temporary folder and run with real `kedro run` processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE_PROJECT = REPO / "sample_project"
+
+# Topological order of sample_project's nodes; the inner tuples can run at the same time.
+SAMPLE_STEPS: tuple[tuple[str, ...], ...] = (
+    ("make_raw_data",),
+    ("clean_data",),
+    ("split_train", "split_test", "compute_stats"),
+    ("train_linear", "train_tree"),
+    ("evaluate_linear", "evaluate_tree"),
+    ("select_model",),
+    ("write_report",),
+    ("quality_gate",),
+    ("publish",),
+)
+SAMPLE_NODES = tuple(name for step in SAMPLE_STEPS for name in step)
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """The environment of a pipeline container: telemetry off, no inherited run."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "KEDRO_CONFIG_", "KEDRO_VERTEX_HOOKS_"))
+    }
+    env.update(
+        KEDRO_DISABLE_TELEMETRY="1",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="0",
+        COLUMNS="200",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+class Project:
+    """A private copy of sample_project; each ``run`` is a fresh ``kedro run`` process."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @classmethod
+    def copy(cls, destination: Path) -> Project:
+        shutil.copytree(
+            SAMPLE_PROJECT,
+            destination,
+            ignore=shutil.ignore_patterns("mlflow.db", "__pycache__", "*.json", "mlruns"),
+        )
+        return cls(destination)
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "kedro", *args]
+
+    def start(self, args: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.command(*args),
+            cwd=self.root,
+            env=dict(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def run(
+        self, args: Sequence[str], env: Mapping[str, str], timeout: float = 180
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.command(*args),
+            cwd=self.root,
+            env=dict(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def run_nodes(
+        self, nodes: Sequence[str], env: Mapping[str, str], *extra: str
+    ) -> subprocess.CompletedProcess[str]:
+        return self.run(["run", "--nodes", ",".join(nodes), *extra], env)
+
+    def run_together(
+        self, steps: Sequence[Sequence[str]], env: Mapping[str, str], *extra: str
+    ) -> list[tuple[int, str]]:
+        """Start one process per step at the same moment; (exit code, output) of each."""
+        processes = [self.start(["run", "--nodes", ",".join(step), *extra], env) for step in steps]
+        results = []
+        for process in processes:
+            output, _ = process.communicate(timeout=180)
+            results.append((process.returncode, output))
+        return results

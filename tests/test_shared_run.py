@@ -1,0 +1,181 @@
+"""End to end: sample_project run one process per node, as Vertex AI runs it, into one run."""
+
+from __future__ import annotations
+
+import pytest
+
+from kedro_vertex_hooks.naming import (
+    METRIC_NODE_DURATION,
+    METRIC_NODE_PEAK_RSS,
+    TAG_ERROR,
+    TAG_FAILED_NODE,
+    TAG_JOB_ID,
+    TAG_JOB_NAME,
+    TAG_LATEST_NODE,
+    TAG_NODE_STATUS,
+    TAG_PARAM_CONFLICT,
+    node_key,
+)
+from tests.support.project import SAMPLE_NODES, SAMPLE_STEPS, base_env
+
+EXPECTED_PARAMS = {
+    "data.n_rows": "200",
+    "data.seed": "42",
+    "cleaning.clip.low": "-5.0",
+    "model.linear.regularization.l2": "0.01",
+    "model.linear.epochs": "40",
+    "model.tree.min_samples.leaf": "2",
+    "selection.metric": "mae",
+    "report.api_token": "***",
+    "failure.fail": "False",
+}
+
+
+def new_run(client, name: str) -> str:
+    experiment_id = client.create_experiment(name)
+    return client.create_run(experiment_id, tags={TAG_JOB_ID: f"job-{name}"}).info.run_id
+
+
+def assert_ok(result) -> None:
+    code, output = (result.returncode, result.stdout) if hasattr(result, "stdout") else result
+    assert code == 0, output[-4000:]
+
+
+def test_per_node_steps_leave_one_run_finished_only_after_the_last(client, mlflow_server, project):
+    run_id = new_run(client, "per-node")
+    name_at_start = client.get_run(run_id).info.run_name
+    env = base_env(
+        MLFLOW_TRACKING_URI=mlflow_server.uri,
+        MLFLOW_RUN_ID=run_id,
+        KEDRO_CONFIG_RUN_ID="job-per-node",
+        KEDRO_CONFIG_JOB_NAME="sample-pipeline-20261126",
+    )
+    statuses = []
+    for step in SAMPLE_STEPS:
+        if len(step) > 1:
+            for result in project.run_together([[name] for name in step], env):
+                assert_ok(result)
+        else:
+            assert_ok(project.run_nodes(step, env))
+        statuses.append(client.get_run(run_id).info.status)
+
+    assert statuses[:-1] == ["RUNNING"] * (len(SAMPLE_STEPS) - 1)
+    assert statuses[-1] == "FINISHED"
+    run = client.get_run(run_id)
+    assert run.info.run_name == name_at_start  # node steps never rename the run
+    for key, value in EXPECTED_PARAMS.items():
+        assert run.data.params[key] == value, key
+    for name in SAMPLE_NODES:
+        assert run.data.tags[node_key(TAG_NODE_STATUS, name)] == "completed"
+        assert run.data.metrics[node_key(METRIC_NODE_DURATION, name)] >= 0
+        assert run.data.metrics[node_key(METRIC_NODE_PEAK_RSS, name)] > 10
+    assert run.data.tags[TAG_LATEST_NODE] == "publish"
+    assert run.data.tags[TAG_JOB_NAME] == "sample-pipeline-20261126"
+    assert TAG_FAILED_NODE not in run.data.tags
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+
+
+def test_a_failing_node_makes_the_run_failed_for_good(client, mlflow_server, project):
+    run_id = new_run(client, "failing")
+    env = base_env(MLFLOW_TRACKING_URI=mlflow_server.uri, MLFLOW_RUN_ID=run_id)
+    assert_ok(project.run_nodes(SAMPLE_NODES[:-2], env))
+    assert client.get_run(run_id).info.status == "RUNNING"
+
+    failed = project.run_nodes(["quality_gate"], env, "--params", "failure.fail=true")
+    assert failed.returncode != 0
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags[TAG_FAILED_NODE] == "quality_gate"
+    assert run.data.tags[TAG_ERROR] == (
+        "ValueError: quality gate rejected the model (failure.fail is true)"
+    )
+    assert run.data.tags[node_key(TAG_NODE_STATUS, "quality_gate")] == "failed"
+
+    # A later step (a retry elsewhere in the graph) must not turn the run back.
+    assert_ok(project.run_nodes(["compute_stats"], env))
+    # The retried gate now passes and the last node completes: still FAILED, failure kept.
+    assert_ok(project.run_nodes(["quality_gate"], env))
+    assert_ok(project.run_nodes(["publish"], env))
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags[TAG_FAILED_NODE] == "quality_gate"
+
+
+def test_job_id_only_four_steps_started_together_share_one_run(client, mlflow_server, project):
+    env = base_env(MLFLOW_TRACKING_URI=mlflow_server.uri)
+    assert_ok(project.run_nodes(["make_raw_data", "clean_data"], env))  # local run: inputs
+    job_env = {**env, "KEDRO_CONFIG_RUN_ID": "job-together", "KEDRO_CONFIG_JOB_NAME": "together"}
+    steps = [["split_train"], ["split_test"], ["compute_stats"], ["clean_data"]]
+    for result in project.run_together(steps, job_env):
+        assert_ok(result)
+
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.{TAG_JOB_ID} = 'job-together'",
+    )
+    assert len(runs) == 1
+    tags = runs[0].data.tags
+    for (name,) in steps:
+        assert tags[node_key(TAG_NODE_STATUS, name)] == "completed"
+    assert tags[TAG_JOB_NAME] == "together"
+    assert runs[0].info.status == "RUNNING"  # the rest of the pipeline has not run
+
+
+@pytest.mark.parametrize("kind", ["missing", "deleted", "malformed"])
+def test_an_unusable_run_id_fails_before_any_node(client, mlflow_server, project, kind):
+    if kind == "missing":
+        run_id = "0123456789abcdef0123456789abcdef"
+    elif kind == "malformed":
+        run_id = "not a run id!"
+    else:
+        run_id = new_run(client, "deleted")
+        client.delete_run(run_id)
+    env = base_env(MLFLOW_TRACKING_URI=mlflow_server.uri, MLFLOW_RUN_ID=run_id)
+    result = project.run_nodes(["make_raw_data"], env)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert run_id in output
+    assert mlflow_server.uri in output
+    assert "Running node" not in output
+    assert not (project.root / "data" / "raw_data.json").exists()
+
+
+def test_a_rerun_with_another_param_value_completes_and_records_the_conflict(
+    client, mlflow_server, project
+):
+    run_id = new_run(client, "conflict")
+    env = base_env(MLFLOW_TRACKING_URI=mlflow_server.uri, MLFLOW_RUN_ID=run_id)
+    assert_ok(project.run_nodes(["make_raw_data"], env))
+    rerun = project.run_nodes(["make_raw_data"], env, "--params", "data.seed=7")
+    assert_ok(rerun)
+    assert "already logged" in rerun.stdout + rerun.stderr
+    run = client.get_run(run_id)
+    assert run.data.params["data.seed"] == "42"
+    assert run.data.tags[node_key(TAG_PARAM_CONFLICT, "data.seed")] == "7"
+    assert run.data.tags[node_key(TAG_NODE_STATUS, "make_raw_data")] == "completed"
+
+
+@pytest.mark.parametrize(
+    ("runner", "mp_context"),
+    [
+        ("ThreadRunner", None),
+        ("ParallelRunner", "fork"),
+        ("ParallelRunner", "spawn"),
+    ],
+)
+def test_every_runner_logs_into_the_one_run(client, mlflow_server, project, runner, mp_context):
+    run_id = new_run(client, f"runner-{runner}-{mp_context}")
+    env = base_env(MLFLOW_TRACKING_URI=mlflow_server.uri, MLFLOW_RUN_ID=run_id)
+    if mp_context:
+        env["KEDRO_MP_CONTEXT"] = mp_context
+    assert_ok(project.run(["run", "--runner", runner], env))
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for key, value in EXPECTED_PARAMS.items():
+        assert run.data.params[key] == value, key
+    for name in SAMPLE_NODES:
+        assert run.data.tags[node_key(TAG_NODE_STATUS, name)] == "completed", name
+        assert node_key(METRIC_NODE_DURATION, name) in run.data.metrics
+    experiment_id = run.info.experiment_id
+    assert len(client.search_runs([experiment_id])) == 1
