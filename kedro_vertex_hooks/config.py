@@ -130,6 +130,11 @@ class HookOptions(_Strict):
     http_max_retries: int = Field(default=2, ge=0)
     run_search_settle_s: float = Field(default=1.0, ge=0)
 
+    @property
+    def logged_datasets(self) -> frozenset[str]:
+        """Datasets whose saves this package logs (artifacts or metrics)."""
+        return frozenset(self.artifact_datasets) | frozenset(self.metric_datasets)
+
 
 def parse_options(options: Mapping[str, Any]) -> HookOptions:
     """Validate ``MlflowRunHooks(**options)``; unknown or mistyped options raise ConfigError."""

@@ -76,6 +76,7 @@ class MlflowRunHooks:
         self._session_pid = os.getpid()
         self._pipeline_nodes: list[str] = []
         self._restore_env: dict[str, str | None] = {}
+        self._catalog: Any = None
 
     @hook_impl(tryfirst=True)
     def after_context_created(self, context: Any) -> None:
@@ -88,14 +89,13 @@ class MlflowRunHooks:
         switch_off_kedro_mlflow_hook(context)
 
     @hook_impl(tryfirst=True)
-    def before_pipeline_run(
-        self, run_params: dict[str, Any], pipeline: Any, catalog: Any
-    ) -> None:
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         """Resolve and check the run before the first node; fail the step if it is unusable."""
         if _passive or self._config is None or self._source is None:
             return
         from kedro_vertex_hooks.session import TrackingSession
 
+        self._catalog = catalog
         name = _pipeline_name(run_params)
         self._pipeline_nodes = _pipeline_node_names(name, pipeline)
         self._session = TrackingSession.open(
@@ -128,6 +128,7 @@ class MlflowRunHooks:
         session = self._here()
         if session is None:
             return
+        self._catalog = catalog
         point_datasets_at_run(catalog, node.outputs, session.run_id)
         session.node_started(node.name, inputs)
 
@@ -142,6 +143,15 @@ class MlflowRunHooks:
         session = self._here()
         if session is not None:
             session.node_failed(node.name, error)
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data: Any) -> None:
+        if dataset_name not in self.options.logged_datasets:
+            return
+        session = self._here()
+        if session is not None:
+            dataset = self._catalog.get(dataset_name) if self._catalog is not None else None
+            session.dataset_saved(dataset_name, dataset, data)
 
     @hook_impl
     def after_pipeline_run(self) -> None:

@@ -30,6 +30,7 @@ from kedro_vertex_hooks.config import (
     ProjectConfig,
     RequestHeaderProviderConfig,
 )
+from kedro_vertex_hooks.datasets import artifact_destinations, metric_values
 from kedro_vertex_hooks.naming import (
     MAX_TAG_VALUE_LENGTH,
     METRIC_NODE_DURATION,
@@ -273,6 +274,15 @@ class TrackingSession:
         write.tags.update(self._first_failure_tags(node_name, error))
         write.status = FAILED
         self.writer.submit(write, wait=True)
+
+    def dataset_saved(self, dataset_name: str, dataset: Any, data: Any) -> None:
+        """Log a dataset named in the hook options: its numbers as metrics, its files as
+        artifacts under a folder named after it."""
+        if dataset_name in self.options.metric_datasets:
+            self.writer.submit(Write(metrics=metric_values(dataset_name, data)))
+        if dataset_name in self.options.artifact_datasets and dataset is not None:
+            for path, folder in artifact_destinations(dataset, dataset_name):
+                self.writer.submit(Write(artifact=(str(path), folder)))
 
     def _node_end(self, node_name: str, status: str) -> Write:
         with self._lock:

@@ -51,6 +51,12 @@ class SpawnWorkerHooks:
             hooks.after_node_run(node=node)
 
     @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data: Any) -> None:
+        hooks = self._delegate()
+        if hooks is not None:
+            hooks.after_dataset_saved(dataset_name=dataset_name, data=data)
+
+    @hook_impl
     def on_node_error(self, error: Exception, node: Any) -> None:
         hooks = self._delegate()
         if hooks is not None:
