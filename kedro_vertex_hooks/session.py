@@ -187,6 +187,7 @@ class TrackingSession:
         self._started: dict[str, float] = {}
         self._lock = threading.Lock()
         self._pending_run_tags: dict[str, str] = {}
+        self._failure_recorded = False
         self.writer = RunWriter(
             client,
             spec.run_id,
@@ -274,6 +275,7 @@ class TrackingSession:
         write.tags.update(self._first_failure_tags(node_name, error))
         write.status = FAILED
         self.writer.submit(write, wait=True)
+        self._failure_recorded = True
 
     def dataset_saved(self, dataset_name: str, dataset: Any, data: Any) -> None:
         """Log a dataset named in the hook options: its numbers as metrics, its files as
@@ -344,7 +346,7 @@ class TrackingSession:
         in_flight = self.in_flight_nodes()
         for node_name in in_flight:
             self.node_failed(node_name, error)
-        if not in_flight:
+        if not in_flight and not self._failure_recorded:
             write = Write(tags=self._first_failure_tags(None, error), status=FAILED)
             self.writer.submit(write, wait=True)
         self.close()
