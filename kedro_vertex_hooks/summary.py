@@ -172,6 +172,8 @@ def markdown_code_block(text: str) -> str:
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return ""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
     if seconds < 60:
         return f"{seconds:.1f} s"
     minutes, secs = divmod(round(seconds), 60)
@@ -212,6 +214,13 @@ def render_note(summary: RunSummary) -> str:
         lines.append("")
         if summary.error:
             lines += ["**Error:**", "", markdown_code_block(summary.error), ""]
+    lost = [escape_markdown(node.name) for node in summary.nodes if node.status == NODE_LOST]
+    if lost:
+        lines.append(
+            f"**Lost:** {', '.join(lost)}: the process running them ended without reporting "
+            "(killed, out of memory, preempted)."
+        )
+        lines.append("")
     lines += [
         "| # | Node | Status | Started (UTC) | Duration | Peak memory | Host |",
         "|---:|---|---|---|---:|---:|---|",
@@ -243,6 +252,7 @@ _CHART_WIDTH = 720
 _ROW_HEIGHT = 26
 _AXIS_HEIGHT = 30
 _LABEL_CHARS = 36
+_RIGHT_MARGIN = 90  # room for the duration written after a bar
 
 
 def _colour(node_status: str) -> str:
@@ -287,10 +297,19 @@ def _node_tooltip(node: NodeRecord) -> str:
     return "\n".join(parts)
 
 
+def _bar_caption(node: NodeRecord) -> str:
+    """Duration after a finished bar; the status after a bar that never ended."""
+    if node.ended_at is None:
+        return node.status
+    if node.duration_s is not None:
+        return format_duration(node.duration_s)
+    return format_duration((node.ended_at - node.started_at).total_seconds())
+
+
 def _svg(summary: RunSummary) -> str:
     nodes = summary.nodes
     height = _AXIS_HEIGHT + _ROW_HEIGHT * max(len(nodes), 1) + 10
-    width = _LABEL_WIDTH + _CHART_WIDTH + 20
+    width = _LABEL_WIDTH + _CHART_WIDTH + _RIGHT_MARGIN
     out = [
         f'<svg width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" role="img" aria-label="Node timeline">'
@@ -327,6 +346,8 @@ def _svg(summary: RunSummary) -> str:
             out.append(
                 f'<rect x="{x:.1f}" y="{y + 4}" width="{bar:.1f}" height="{_ROW_HEIGHT - 8}" '
                 f'rx="3" fill="{_colour(node.status)}" stroke="{_colour(node.status)}"{dashed}/>'
+                f'<text x="{x + bar + 4:.1f}" y="{y + 17}" class="after">'
+                f"{html.escape(_bar_caption(node))}</text>"
             )
         else:
             out.append(
@@ -361,6 +382,7 @@ vertical-align:-1px}
 svg .label{font-size:12px;text-anchor:end;fill:#212121}
 svg .tick{font-size:11px;text-anchor:middle;fill:#616161}
 svg .none{font-size:11px;fill:#9e9e9e;font-style:italic}
+svg .after{font-size:11px;fill:#424242}
 svg .grid{stroke:#e0e0e0;stroke-width:1}
 """
 
