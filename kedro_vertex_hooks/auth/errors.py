@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 _JWT = re.compile(r"eyJ[\w-]*\.[\w-]+\.[\w-]*")
-_SCHEME_AND_CREDENTIAL = re.compile(r"\b(Bearer|Basic|Token)\s+[^\s,;'\"]+", re.IGNORECASE)
+_SCHEME_AND_CREDENTIAL = re.compile(r"\b(Bearer|bearer|Basic)\s+[^\s,;'\"<]+")
 
 
 class AuthError(Exception):
