@@ -45,9 +45,7 @@ OAUTH = RequestHeaderProviderConfig(type="gcp-oauth", init_kwargs={"client_id": 
 
 @pytest.fixture(scope="module")
 def stack(mlflow_server) -> Iterator[AuthStack]:
-    started = AuthStack.start(mlflow_server.uri)
-    yield started
-    started.stop()
+    yield from AuthStack.serve(mlflow_server.uri)
 
 
 @pytest.fixture(scope="module")

@@ -52,9 +52,7 @@ except AuthError as exc:
 
 @pytest.fixture(scope="module")
 def stack(mlflow_server) -> Iterator[AuthStack]:
-    started = AuthStack.start(mlflow_server.uri)
-    yield started
-    started.stop()
+    yield from AuthStack.serve(mlflow_server.uri)
 
 
 @pytest.fixture

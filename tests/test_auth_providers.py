@@ -31,9 +31,7 @@ OTHER_ACCOUNT = "mlflow-writer@fake-project.iam.gserviceaccount.com"
 
 @pytest.fixture(scope="module")
 def stack(mlflow_server) -> Iterator[AuthStack]:
-    started = AuthStack.start(mlflow_server.uri)
-    yield started
-    started.stop()
+    yield from AuthStack.serve(mlflow_server.uri)
 
 
 @pytest.fixture

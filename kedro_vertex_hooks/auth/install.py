@@ -85,6 +85,7 @@ def install_header_provider(config: Any, kedro_context: Any = None) -> Installed
             and current.config_key == key
             and (
                 not config.pass_context
+                or kedro_context is None  # e.g. a forked worker: keep the parent's context
                 or getattr(current.provider, "kedro_context", None) is kedro_context
             )
         ):

@@ -31,6 +31,13 @@ class AuthStack:
         self.proxy.stop()
         self.google.stop()
 
+    @classmethod
+    def serve(cls, mlflow_uri: str) -> Iterator[AuthStack]:
+        """Generator body for a module-scoped fixture."""
+        started = cls.start(mlflow_uri)
+        yield started
+        started.stop()
+
     def reset(self, token_lifetime_s: float = 3600) -> None:
         """Fresh counters and settings between tests sharing the stack."""
         self.proxy.reset()
@@ -57,6 +64,7 @@ def google_free_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="0",
         MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
         PYTHONUNBUFFERED="1",
+        COLUMNS="200",
     )
     env.update(extra)
     return env
