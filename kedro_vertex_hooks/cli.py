@@ -93,7 +93,9 @@ def _one_line_errors(what: str) -> Iterator[None]:
 
         if isinstance(exc, (ConfigError, RunResolutionError)):
             message = " ".join(str(exc).split())
-        elif is_transient(exc):
+        elif isinstance(exc, (ConnectionError, TimeoutError)) or (
+            is_transient(exc) and not isinstance(exc, OSError)
+        ):
             message = f"the tracking server cannot be reached: {short_error(exc)}"
         else:
             message = short_error(exc)
@@ -227,7 +229,7 @@ class _NoNodes:
 def doctor_command(metadata: Any, env: str | None) -> None:
     """Show where runs go and check that the tracking server answers."""
     with (
-        _one_line_errors("doctor: the tracking server check failed"),
+        _one_line_errors("doctor"),
         _project(metadata, env) as (context, config, options),
     ):
         click.echo(f"Tracking URI: {config.tracking_uri} ({config.tracking_uri_source})")

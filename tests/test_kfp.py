@@ -1,0 +1,175 @@
+"""sample_project as a KFP v2 pipeline: run by the README's main job on KFP's local runner.
+
+Two full pipeline runs (clean and failing) of ``scripts/run_kfp_local.py``, each step a real
+``kedro`` process, against a real MLflow server; plus the compiled YAML spec for Vertex AI.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kedro_vertex_hooks.lifecycle import TIMELINE_ARTIFACT
+from kedro_vertex_hooks.naming import (
+    TAG_ERROR,
+    TAG_FAILED_NODE,
+    TAG_JOB_ID,
+    TAG_JOB_NAME,
+    TAG_NODE_STATUS,
+    TAG_RUN_NOTE,
+    node_key,
+)
+from tests.support.project import REPO, SAMPLE_NODES, Project, base_env
+
+MAIN_JOB = REPO / "scripts" / "run_kfp_local.py"
+
+# sample_project's Kedro dependencies (pipelines/training/pipeline.py).
+KEDRO_PARENTS = {
+    "make_raw_data": set(),
+    "clean_data": {"make_raw_data"},
+    "split_train": {"clean_data"},
+    "split_test": {"clean_data"},
+    "compute_stats": {"clean_data"},
+    "train_linear": {"split_train"},
+    "train_tree": {"split_train"},
+    "evaluate_linear": {"train_linear", "split_test"},
+    "evaluate_tree": {"train_tree", "split_test"},
+    "select_model": {"evaluate_linear", "evaluate_tree"},
+    "write_report": {"select_model", "compute_stats"},
+    "quality_gate": {"write_report"},
+    "publish": {"quality_gate"},
+}
+
+
+@pytest.fixture(scope="module")
+def kfp_project(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    return Project.copy(tmp_path_factory.mktemp("kfp") / "project")
+
+
+def main_job(project: Project, server, run_name: str, *extra: str) -> str:
+    """Run the README's main job; its stdout (the run report at the end)."""
+    result = subprocess.run(
+        [sys.executable, MAIN_JOB, "--project-dir", project.root, "--run-name", run_name, *extra],
+        env=base_env(MLFLOW_TRACKING_URI=server.uri),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    return result.stdout
+
+
+def the_run(client, stdout: str, run_name: str):
+    """The run the job reported, checked to be the only run of its pipeline job."""
+    run_id = re.search(r"^MLflow run id: (\w+)$", stdout, re.MULTILINE).group(1)
+    run = client.get_run(run_id)
+    assert run.info.run_name == run_name
+    same_job = client.search_runs(
+        [run.info.experiment_id],
+        filter_string=f"tags.{TAG_JOB_ID} = '{run.data.tags[TAG_JOB_ID]}'",
+    )
+    assert [r.info.run_id for r in same_job] == [run_id]
+    return run
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements: list[str] = []
+        self.text = ""
+
+    def handle_starttag(self, tag, attrs):
+        self.elements.append(tag)
+
+    def handle_data(self, data):
+        self.text += data
+
+
+def test_clean_pipeline_leaves_one_finished_run_with_summary_and_timeline(
+    client, mlflow_server, kfp_project, tmp_path
+):
+    stdout = main_job(kfp_project, mlflow_server, "kfp-clean")
+
+    run = the_run(client, stdout, "kfp-clean")
+    assert run.info.status == "FINISHED"
+    assert "Status:        FINISHED" in stdout
+    tags = run.data.tags
+    assert tags[TAG_JOB_NAME].startswith("sample-project-")
+    for name in SAMPLE_NODES:
+        assert tags[node_key(TAG_NODE_STATUS, name)] == "completed", name
+    note = tags[TAG_RUN_NOTE]
+    assert note.startswith("**FINISHED**: the pipeline succeeded; 13 of 13 nodes completed")
+    rows = [line for line in note.splitlines() if re.match(r"^\| \d+ \|", line)]
+    assert len(rows) == 13 and all("| completed |" in row for row in rows)
+    assert f"Orchestrator job id: {tags[TAG_JOB_ID]}" in note
+    ran = [row.split("|")[2].strip().replace("\\", "") for row in rows]
+    for name, parents in KEDRO_PARENTS.items():  # in the order they ran
+        assert all(ran.index(parent) < ran.index(name) for parent in parents), name
+
+    local = client.download_artifacts(run.info.run_id, TIMELINE_ARTIFACT, str(tmp_path))
+    page = Path(local).read_text(encoding="utf-8")
+    parsed = _Page()
+    parsed.feed(page)
+    assert "script" not in parsed.elements and "link" not in parsed.elements
+    assert "://" not in page and "url(" not in page
+    assert parsed.elements.count("rect") == 13
+    assert all(name in parsed.text for name in SAMPLE_NODES)
+
+
+def test_failing_pipeline_still_runs_the_exit_handler_and_leaves_one_failed_run(
+    client, mlflow_server, kfp_project
+):
+    stdout = main_job(kfp_project, mlflow_server, "kfp-failing", "--fail")
+
+    run = the_run(client, stdout, "kfp-failing")
+    assert run.info.status == "FAILED"
+    tags = run.data.tags
+    assert tags[TAG_FAILED_NODE] == "quality_gate"
+    assert tags[TAG_ERROR].startswith("ValueError: quality gate rejected the model")
+    assert tags[node_key(TAG_NODE_STATUS, "quality_gate")] == "failed"
+    assert node_key(TAG_NODE_STATUS, "publish") not in tags  # KFP skipped it
+    note = tags[TAG_RUN_NOTE]  # written by the exit handler only
+    assert note.startswith("**FAILED**: the pipeline failed; 11 of 13 nodes completed")
+    assert note.index("**Failed node:** quality\\_gate") < note.index("| # | Node |")
+    assert "ValueError: quality gate rejected the model" in note
+    assert "| publish | not run |" in note
+    assert TIMELINE_ARTIFACT in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+
+def test_the_pipeline_compiles_to_a_vertex_spec_with_kedro_dependencies(kfp_project, tmp_path):
+    spec_path = tmp_path / "pipeline.yaml"
+    result = subprocess.run(
+        [sys.executable, str(kfp_project.root / "kfp_pipeline.py"), "--compile", str(spec_path)],
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    spec = yaml.safe_load(spec_path.read_text())
+
+    root = spec["root"]["dag"]["tasks"]
+    finalize = next(t for t in root.values() if t["taskInfo"]["name"] == "mlflow-finalize")
+    assert finalize["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert "taskFinalStatus" in finalize["inputs"]["parameters"]["status"]
+    body = spec["components"][root[finalize["dependentTasks"][0]]["componentRef"]["name"]]
+    tasks = body["dag"]["tasks"]
+    display = {key: task["taskInfo"]["name"] for key, task in tasks.items()}
+    assert sorted(display.values()) == sorted([*SAMPLE_NODES, "mlflow-start-run"])
+    start_key = next(key for key, name in display.items() if name == "mlflow-start-run")
+    for key, task in tasks.items():
+        if key == start_key:
+            continue
+        parents = {display[dep] for dep in task["dependentTasks"]} - {"mlflow-start-run"}
+        assert parents == KEDRO_PARENTS[display[key]], display[key]
+        inputs = task["inputs"]["parameters"]
+        assert inputs["run_id"]["taskOutputParameter"]["producerTask"] == start_key
+        assert inputs["job_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+        assert inputs["job_name"]["runtimeValue"]["constant"] == "{{$.pipeline_job_name}}"
+        assert task["cachingOptions"] == {}  # a cached step would skip logging to the run

@@ -1,0 +1,195 @@
+"""The run summary a user reads: the description markdown and the self-contained timeline."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+
+from kedro_vertex_hooks.naming import (
+    METRIC_NODE_DURATION,
+    METRIC_NODE_PEAK_RSS,
+    TAG_ERROR,
+    TAG_FAILED_NODE,
+    TAG_JOB_ID,
+    TAG_JOB_NAME,
+    TAG_NODE_ENDED,
+    TAG_NODE_HOST,
+    TAG_NODE_STARTED,
+    TAG_NODE_STATUS,
+    TAG_PIPELINE,
+    node_key,
+)
+from kedro_vertex_hooks.summary import (
+    STATUS_COLOURS,
+    RunSummary,
+    format_duration,
+    format_memory,
+    render_note,
+    render_timeline,
+)
+
+HOSTILE = "score|<script>alert(1)</script>*x*"  # a node name that must stay inert
+
+
+def node_tags(name: str, status: str, start: str | None, end: str | None, host: str) -> dict:
+    tags = {node_key(TAG_NODE_STATUS, name): status, node_key(TAG_NODE_HOST, name): host}
+    if start:
+        tags[node_key(TAG_NODE_STARTED, name)] = f"2026-11-26T06:{start}+00:00"
+    if end:
+        tags[node_key(TAG_NODE_ENDED, name)] = f"2026-11-26T06:{end}+00:00"
+    return tags
+
+
+def failed_run() -> RunSummary:
+    """prepare ran first, two branches in parallel, one failed, one never ran."""
+    tags = {
+        **node_tags("train_b", "completed", "00:05.000", "00:20.500", "pod-b"),
+        **node_tags("prepare", "completed", "00:01.000", "00:04.000", "pod-a"),
+        **node_tags(HOSTILE, "failed", "00:05.200", "00:09.000", "pod-c"),
+        TAG_FAILED_NODE: HOSTILE,
+        TAG_ERROR: "ValueError: bad | input\n```\n<b>not bold</b>",
+        TAG_PIPELINE: "__default__",
+        TAG_JOB_ID: "8123",
+        TAG_JOB_NAME: "sample-pipeline-20261126",
+    }
+    metrics = {
+        node_key(METRIC_NODE_DURATION, "prepare"): 2.94,
+        node_key(METRIC_NODE_PEAK_RSS, "prepare"): 310.4,
+        node_key(METRIC_NODE_DURATION, "train_b"): 75.0,
+        node_key(METRIC_NODE_PEAK_RSS, "train_b"): 2048.0,
+    }
+    pipeline = ["prepare", HOSTILE, "train_b", "report"]
+    return RunSummary.from_run_data("FAILED", tags, metrics, pipeline)
+
+
+def table_rows(note: str) -> list[list[str]]:
+    """Cells of the markdown table's body rows, split on unescaped pipes."""
+    rows = [line for line in note.splitlines() if re.match(r"^\| \d+ \|", line)]
+    return [[c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]] for row in rows]
+
+
+def test_note_puts_outcome_then_failure_then_nodes_in_run_order_then_job():
+    note = render_note(failed_run())
+    lines = note.splitlines()
+
+    assert lines[0].startswith("**FAILED**")
+    assert "2 of 4 nodes completed, 1 failed, 1 not run" in lines[0]
+    failure_at = note.index("**Failed node:**")
+    assert failure_at < note.index("| # | Node |")
+    rows = table_rows(note)
+    assert [row[2] for row in rows] == ["completed", "completed", "failed", "not run"]
+    assert rows[0][1] == "prepare" and rows[1][1] == "train\\_b" and rows[3][1] == "report"
+    assert rows[0][4:] == ["2.9 s", "310 MB", "pod\\-a"]
+    assert rows[1][4:] == ["1 min 15 s", "2.0 GB", "pod\\-b"]
+    assert note.index("Orchestrator job id: 8123") > note.index("| 4 |")
+    assert "sample\\-pipeline\\-20261126" in note
+
+
+def test_note_escapes_node_names_and_keeps_the_error_verbatim():
+    note = render_note(failed_run())
+    rows = table_rows(note)
+
+    assert all(len(row) == 7 for row in rows)  # the pipe in the node name split no cell
+    assert "<script>" not in note and "&lt;script\\>" in rows[2][1]
+    assert "\\*x\\*" in rows[2][1]
+    fence = re.search(r"^(`{4,})text$", note, re.MULTILINE)
+    assert fence is not None  # longer than the ``` inside the error, so the error cannot end it
+    block = note.split(fence.group(0) + "\n", 1)[1].split("\n" + fence.group(1), 1)[0]
+    assert block == "ValueError: bad | input\n```\n<b>not bold</b>"
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.attributes: list[tuple[str, str | None]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attributes += attrs
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_timeline_is_self_contained_and_escapes_user_text():
+    page = render_timeline(failed_run())
+    parsed = _Collector()
+    parsed.feed(page)
+
+    assert "script" not in parsed.tags and "link" not in parsed.tags
+    assert not any(
+        name in {"src", "href"} or name.startswith("on") for name, _ in parsed.attributes
+    )
+    assert "://" not in page and "url(" not in page and "@import" not in page
+    assert HOSTILE in "".join(parsed.text)  # shown as text, never as markup
+    assert "ValueError: bad | input" in "".join(parsed.text)
+
+
+def test_timeline_draws_one_bar_per_started_node_coloured_by_status_with_a_legend():
+    summary = failed_run()
+    page = render_timeline(summary)
+    svg = ET.fromstring(page[page.index("<svg") : page.index("</svg>") + len("</svg>")])
+    bars = svg.findall(".//rect")
+
+    assert [bar.get("fill") for bar in bars] == [
+        STATUS_COLOURS["completed"],
+        STATUS_COLOURS["completed"],
+        STATUS_COLOURS["failed"],
+    ]
+    # prepare 06:00:01-06:00:04 and train_b 06:00:05-06:00:20.5 on one time scale
+    prepare, train_b, _ = (float(bar.get("width")) for bar in bars)
+    assert abs(train_b / prepare - 15.5 / 3.0) < 0.05
+    assert float(bars[1].get("x")) > float(bars[0].get("x")) + float(bars[0].get("width"))
+    labels = [text.text for text in svg.iter("text") if text.get("class") == "label"]
+    assert labels[-1] == "report"
+    legend = page[page.index('class="legend"') :]
+    for status in ("completed (2)", "failed (1)", "not run (1)"):
+        assert status in legend
+
+
+def test_a_node_without_end_is_drawn_to_the_end_of_the_chart_and_named_by_status():
+    tags = {
+        **node_tags("a", "completed", "00:00.000", "00:10.000", "h"),
+        **node_tags("b", "lost", "00:02.000", None, "h"),
+    }
+    summary = RunSummary.from_run_data("KILLED", tags, {}, ["a", "b"])
+    page = render_timeline(summary)
+    svg = ET.fromstring(page[page.index("<svg") : page.index("</svg>") + len("</svg>")])
+    lost_bar = svg.findall(".//rect")[1]
+
+    assert lost_bar.get("fill") == STATUS_COLOURS["lost"]
+    assert lost_bar.get("stroke-dasharray")
+    assert (
+        abs(float(lost_bar.get("width")) / float(svg.findall(".//rect")[0].get("width")) - 0.8)
+        < 0.01
+    )
+    assert "lost" in [text.text for text in svg.iter("text") if text.get("class") == "after"]
+
+
+def test_a_run_without_any_node_data_still_renders():
+    summary = RunSummary.from_run_data("KILLED", {}, {}, ["a", "b"])
+
+    assert "0 of 2 nodes completed, 2 not run" in render_note(summary)
+    page = render_timeline(summary)
+    assert page.count('class="none"') == 2
+
+
+def test_nodes_with_illegal_key_characters_are_matched_the_way_the_hooks_wrote_them():
+    name = "train model (v2)/\u00e9t\u00e9"
+    tags = node_tags(name, "completed", "00:00.000", "00:01.000", "h")
+    summary = RunSummary.from_run_data("FINISHED", tags, {}, [name])
+
+    assert [(node.name, node.status) for node in summary.nodes] == [(name, "completed")]
+
+
+def test_durations_and_memory_read_like_a_person_wrote_them():
+    assert [format_duration(s) for s in (0.012, 2.94, 75, 3725)] == [
+        "12 ms",
+        "2.9 s",
+        "1 min 15 s",
+        "1 h 02 min",
+    ]
+    assert [format_memory(m) for m in (310.4, 2048.0)] == ["310 MB", "2.0 GB"]
