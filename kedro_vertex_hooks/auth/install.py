@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import os
 import threading
 from dataclasses import dataclass, field
@@ -197,7 +198,9 @@ class _SingleRegistrationList(list):
 
     def __iter__(self):  # type: ignore[override]
         installed = _installed.provider if _installed is not None else None
-        for provider in super().__iter__():
+        # A copy: another thread re-asserting the registration must not make MLflow's loop
+        # see a shifted list (and our provider twice).
+        for provider in list.copy(self):
             if provider is not installed and type(provider) is type(installed):
                 continue  # e.g. kedro-mlflow's instance built from the same mlflow.yml
             yield provider
@@ -219,12 +222,18 @@ def _provider_list() -> _SingleRegistrationList:
 def _register(provider: Any) -> None:
     """Leave exactly one entry for ``provider`` and none for other instances of its class."""
     providers = _provider_list()
-    kept = [
-        entry
-        for entry in list.__iter__(providers)
-        if entry is not provider and type(entry) is not type(provider)
+    current = list.copy(providers)
+    wanted = [
+        *(
+            entry
+            for entry in current
+            if entry is not provider and type(entry) is not type(provider)
+        ),
+        provider,
     ]
-    providers[:] = [*kept, provider]
+    unchanged = len(current) == len(wanted) and all(map(operator.is_, current, wanted))
+    if not unchanged:  # re-asserting a correct registration changes nothing
+        providers[:] = wanted
 
 
 def _unregister() -> None:
@@ -232,5 +241,5 @@ def _unregister() -> None:
     if _installed is None:
         return
     providers = _provider_list()
-    providers[:] = [entry for entry in list.__iter__(providers) if entry is not _installed.provider]
+    providers[:] = [entry for entry in list.copy(providers) if entry is not _installed.provider]
     _installed = None
