@@ -36,14 +36,19 @@ from kedro_vertex_hooks.resolve import (
     job_tags,
     runs_for_job,
 )
-from kedro_vertex_hooks.summary import NodeRecord, RunSummary, render_note, render_timeline
+from kedro_vertex_hooks.summary import (
+    TIMELINE_ARTIFACT,
+    NodeRecord,
+    RunSummary,
+    render_note,
+    render_timeline,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 logger = logging.getLogger(__name__)
 
-TIMELINE_ARTIFACT = "timeline.html"
 DEFAULT_PIPELINE = "__default__"
 
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"

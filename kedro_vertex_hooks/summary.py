@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from kedro_vertex_hooks.naming import (
+    MAX_TAG_VALUE_LENGTH,
     METRIC_NODE_DURATION,
     METRIC_NODE_PEAK_RSS,
     NODE_COMPLETED,
@@ -32,9 +33,13 @@ from kedro_vertex_hooks.naming import (
     TAG_PIPELINE,
     node_from_key,
     node_key,
+    trim,
 )
 
 NODE_NOT_RUN = "not run"  # display only: a pipeline node without any status tag
+TIMELINE_ARTIFACT = "timeline.html"
+NOTE_ERROR_CHARS = 2000  # the whole error stays in tag kedro.error
+_NOTE_RESERVE = 100  # room for the "... and N more" line
 
 STATUS_COLOURS = {
     NODE_COMPLETED: "#2e7d32",
@@ -207,43 +212,59 @@ def outcome_line(summary: RunSummary) -> str:
 
 
 def render_note(summary: RunSummary) -> str:
-    """The run description (``mlflow.note.content``), markdown as the MLflow UI renders it."""
-    lines = [outcome_line(summary), ""]
+    """The run description (``mlflow.note.content``), markdown as the MLflow UI renders it.
+
+    It fits in one MLflow tag: the error is cut to ``NOTE_ERROR_CHARS`` and, for very large
+    pipelines, the table ends with a line saying how many nodes only the timeline shows.
+    """
+    head = [outcome_line(summary), ""]
     if summary.failed_node or summary.error:
-        lines.append(f"**Failed node:** {escape_markdown(summary.failed_node or 'unknown')}")
-        lines.append("")
+        head += [f"**Failed node:** {escape_markdown(summary.failed_node or 'unknown')}", ""]
         if summary.error:
-            lines += ["**Error:**", "", markdown_code_block(summary.error), ""]
+            error = trim(summary.error, NOTE_ERROR_CHARS)
+            head += ["**Error:**", "", markdown_code_block(error), ""]
     lost = [escape_markdown(node.name) for node in summary.nodes if node.status == NODE_LOST]
     if lost:
-        lines.append(
-            f"**Lost:** {', '.join(lost)}: the process running them ended without reporting "
-            "(killed, out of memory, preempted)."
-        )
-        lines.append("")
-    lines += [
+        names = trim(", ".join(lost), NOTE_ERROR_CHARS)
+        head += [
+            f"**Lost:** {names}: the process running them ended without reporting "
+            "(killed, out of memory, preempted).",
+            "",
+        ]
+    head += [
         "| # | Node | Status | Started (UTC) | Duration | Peak memory | Host |",
         "|---:|---|---|---|---:|---:|---|",
     ]
-    for index, node in enumerate(summary.nodes, start=1):
-        cells = [
-            str(index),
-            escape_markdown(node.name),
-            escape_markdown(node.status),
-            format_time(node.started_at),
-            format_duration(node.duration_s),
-            format_memory(node.peak_rss_mb),
-            escape_markdown(node.host or ""),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
     details = []
     if summary.pipeline:
         details.append(f"Kedro pipeline: {escape_markdown(summary.pipeline)}")
     details.append(f"Orchestrator job id: {escape_markdown(summary.job_id or 'none')}")
     details.append(f"Job name: {escape_markdown(summary.job_name or 'none')}")
-    lines.append("  \n".join(details))
-    return "\n".join(lines) + "\n"
+    foot = ["", "  \n".join(details)]
+
+    room = MAX_TAG_VALUE_LENGTH - len("\n".join(head + foot)) - _NOTE_RESERVE
+    rows: list[str] = []
+    for index, node in enumerate(summary.nodes, start=1):
+        row = "| " + " | ".join(_note_cells(index, node)) + " |"
+        room -= len(row) + 1
+        if room < 0:
+            left = len(summary.nodes) - len(rows)
+            rows += ["", f"... and {left} more node(s): see {TIMELINE_ARTIFACT}."]
+            break
+        rows.append(row)
+    return "\n".join(head + rows + foot) + "\n"
+
+
+def _note_cells(index: int, node: NodeRecord) -> list[str]:
+    return [
+        str(index),
+        escape_markdown(node.name),
+        escape_markdown(node.status),
+        format_time(node.started_at),
+        format_duration(node.duration_s),
+        format_memory(node.peak_rss_mb),
+        escape_markdown(node.host or ""),
+    ]
 
 
 # -- timeline.html -----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 
 from kedro_vertex_hooks.naming import (
+    MAX_TAG_VALUE_LENGTH,
     METRIC_NODE_DURATION,
     METRIC_NODE_PEAK_RSS,
     TAG_ERROR,
@@ -183,6 +184,21 @@ def test_nodes_with_illegal_key_characters_are_matched_the_way_the_hooks_wrote_t
     summary = RunSummary.from_run_data("FINISHED", tags, {}, [name])
 
     assert [(node.name, node.status) for node in summary.nodes] == [(name, "completed")]
+
+
+def test_the_note_of_a_huge_pipeline_with_a_huge_error_fits_in_one_mlflow_tag():
+    names = [f"node_{i:03d}_with_a_rather_long_descriptive_name" for i in range(400)]
+    tags = {}
+    for i, name in enumerate(names):
+        tags |= node_tags(name, "completed", f"{i // 60:02d}:{i % 60:02d}.000", None, "pod")
+    tags[TAG_ERROR] = "RuntimeError: " + "x" * 7900
+    note = render_note(RunSummary.from_run_data("FAILED", tags, {}, names))
+
+    assert len(note) <= MAX_TAG_VALUE_LENGTH
+    shown = len(table_rows(note))
+    assert 10 < shown < 400
+    assert f"... and {400 - shown} more node(s): see timeline.html." in note
+    assert "...[truncated]" in note  # the error block, cut and marked
 
 
 def test_durations_and_memory_read_like_a_person_wrote_them():
