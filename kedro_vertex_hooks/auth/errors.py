@@ -38,5 +38,7 @@ def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
 def describe_cause(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
     """``ExceptionType: message`` with every token removed, for error messages and logs."""
     message = scrub(str(exc), secrets).strip()
+    if isinstance(exc, AuthError) and message:
+        return message  # already says what failed, in this package's words
     name = type(exc).__name__
     return f"{name}: {message}" if message else name

@@ -83,8 +83,7 @@ class _GoogleIdTokenProvider(RequestHeaderProviderWithKedroContext):
         except Exception as exc:
             # MLflow logs a provider's exception text; google-auth's may quote responses.
             raise AuthError(
-                f"{type(self).__name__} could not get an ID token for audience "
-                f"{self.audience!r}: {describe_cause(exc)}"
+                f"no Google ID token for audience {self.audience!r}: {describe_cause(exc)}"
             ) from None
 
     def _fetch(self) -> Token:
