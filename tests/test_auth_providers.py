@@ -225,4 +225,6 @@ def test_token_never_in_repr_or_logs(
 
     assert all(token not in text and token[:40] not in text for text in shown)
     assert installed.headers == {"Authorization": f"Bearer {token[:4]}…({len(token)} chars)"}
+    assert installed.token_expiry is not None
+    assert f"token expires: {installed.token_expiry.isoformat(timespec='seconds')}" in shown
     assert f"Bearer {token[:4]}…({len(token)} chars)" in caplog.text
