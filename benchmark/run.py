@@ -1,0 +1,830 @@
+"""Benchmark: the cost of tracking a 50-node Kedro pipeline in MLflow, ours vs kedro-mlflow.
+
+    python benchmark/run.py            # defaults: about 8 minutes on 2 busy cores
+
+Starts a real MLflow server (sqlite, ``--workers 1``) behind the loopback proxy of
+``tests/support/proxy.py`` (25 ms per request, like a server behind IAP), generates the same
+project for each contender (``benchmark/generate_project.py``), and runs, interleaved so that
+machine noise hits every contender alike:
+
+* in-process: one ``kedro run`` of the whole 50-node pipeline;
+* per node: one ``kedro run --nodes <name>`` process per node with ``MLFLOW_RUN_ID`` (Vertex
+  style), on a sample of nodes spread over the pipeline;
+* wide: one node with 1000 params (requests needed);
+* imports: what ``import kedro_vertex_hooks`` and ``kedro --help`` load.
+
+Each contender runs in its own Python environment made from this venv with symlinks, minus
+the tracking plugins it must not see (the baseline has neither kedro-mlflow nor this package
+installed, kedro-mlflow's has no kedro_vertex_hooks, ours has no kedro-mlflow), so that a
+plugin's import cost lands on its own contender only. Results: a markdown table on stdout and
+in ``benchmark/LATEST.md``, everything in ``benchmark/results/latest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+BENCHMARK_DIR = Path(__file__).resolve().parent
+REPO = BENCHMARK_DIR.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(BENCHMARK_DIR))
+
+from generate_project import (  # noqa: E402
+    CONTENDERS,
+    EXPERIMENT,
+    generate_project,
+    node_names,
+)
+
+from tests.support.mlflow_server import MlflowServer  # noqa: E402
+from tests.support.proxy import MlflowProxy, TrafficStats  # noqa: E402
+
+BASELINE = "none"
+ANCHOR = "kedro_mlflow"
+OURS = "ours"
+NODES = len(node_names())
+WRITE_ENDPOINTS = ("/log-batch", "/log-parameter", "/set-tag", "/log-metric")
+WIDE_PARAMS = 1000
+# What each contender's environment has installed: these distributions and their dependencies,
+# as `pip install` would give (kedro-mlflow needs kedro-datasets without declaring it).
+ENV_REQUIREMENTS = {
+    "none": ("kedro",),
+    "kedro_mlflow": ("kedro", "kedro-mlflow", "kedro-datasets"),
+    "ours": ("kedro", "kedro-vertex-hooks"),
+    "ours_sync": ("kedro", "kedro-vertex-hooks"),
+}
+
+
+@dataclass
+class Sample:
+    """One ``kedro run`` process: its wall time and the traffic the proxy saw."""
+
+    contender: str
+    mode: str
+    repeat: int
+    nodes: list[str]
+    wall_s: float
+    cpu_s: float  # user + system time of the process and its children
+    requests: int
+    bytes_total: int
+    connections: int
+    by_endpoint: dict[str, int]
+    sequence: list[tuple[float, str, int | None]] = field(default_factory=list)
+
+
+# -- environments ---------------------------------------------------------------------------
+def _canonical(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def _closure(roots: tuple[str, ...], installed: dict[str, metadata.Distribution]) -> set[str]:
+    """Names of ``roots`` and of everything they require (markers evaluated), as installed."""
+    from packaging.requirements import Requirement
+
+    seen: set[tuple[str, str]] = set()
+    todo = [(_canonical(root), "") for root in roots]
+    found: set[str] = set()
+    while todo:
+        name, extra = todo.pop()
+        if (name, extra) in seen or name not in installed:
+            continue
+        seen.add((name, extra))
+        found.add(name)
+        for raw in installed[name].requires or []:
+            requirement = Requirement(raw)
+            if requirement.marker and not requirement.marker.evaluate({"extra": extra}):
+                continue
+            todo.append((_canonical(requirement.name), ""))
+            todo.extend((_canonical(requirement.name), e) for e in requirement.extras)
+    return found
+
+
+def make_environment(root: Path, contender: str) -> tuple[Path, list[str]]:
+    """A venv holding only what the contender's requirements install: its python, its dists.
+
+    kedro_vertex_hooks itself is copied from the working tree when the environment is made,
+    so that edits during a run do not change what is measured.
+
+    Built from this venv with symlinks: a top-level entry of site-packages is linked when a
+    wanted distribution owns files in it; entries shared with unwanted distributions (the
+    ``mlflow`` folder of mlflow-skinny and mlflow, ``google``) are linked one level deeper.
+    """
+    env_dir = root / f"env-{contender}"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True)
+    source = Path(sysconfig.get_paths()["purelib"])
+    target = env_dir / source.relative_to(Path(sys.prefix))
+    installed = {
+        _canonical(d.metadata["Name"]): d for d in metadata.distributions(path=[str(source)])
+    }
+    missing = [r for r in ENV_REQUIREMENTS[contender] if _canonical(r) not in installed]
+    if missing:
+        raise SystemExit(f"{contender} needs {missing} installed here (`pip install -e .`)")
+    wanted = _closure(ENV_REQUIREMENTS[contender], installed)
+    owners: dict[str, set[str]] = {}
+    for name, dist in installed.items():
+        for file in dist.files or []:
+            if file.parts[0] != "..":
+                for depth in (1, 2):
+                    owners.setdefault("/".join(file.parts[:depth]), set()).add(name)
+    for entry, owned_by in owners.items():
+        parent = entry.rpartition("/")[0]
+        # top level: linked when only wanted distributions own it; one level deeper: linked
+        # inside folders that unwanted distributions share
+        shared_parent = bool(parent) and not owners[parent] <= wanted
+        link = shared_parent if parent else owned_by <= wanted
+        if entry.startswith("__editable__"):
+            continue  # an editable install would follow the working tree while we measure
+        if link and owned_by & wanted and (source / entry).exists():
+            (target / entry).parent.mkdir(parents=True, exist_ok=True)
+            (target / entry).symlink_to(source / entry)
+    if "kedro-vertex-hooks" in wanted:
+        shutil.copytree(
+            REPO / "kedro_vertex_hooks",
+            target / "kedro_vertex_hooks",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+    return env_dir / "bin" / "python", sorted(wanted)
+
+
+def package_revision() -> str:
+    """The commit of the measured kedro_vertex_hooks, and whether the tree had changes."""
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "kedro_vertex_hooks"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return f"{head} + uncommitted changes" if dirty else head
+
+
+def base_environment() -> dict[str, str]:
+    """The caller's environment without anything that would steer MLflow or Kedro."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "KEDRO_", "GOOGLE_", "VIRTUAL_ENV", "PYTHON"))
+    }
+    env.update(KEDRO_DISABLE_TELEMETRY="1", MLFLOW_DISABLE_TELEMETRY="true")
+    return env
+
+
+# -- the runner -----------------------------------------------------------------------------
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.work = Path(args.workdir).resolve()
+        self.logs = self.work / "logs"
+        self.pythons: dict[str, Path] = {}
+        self.installed: dict[str, list[str]] = {}
+        self.projects: dict[str, Path] = {}
+        self.env = base_environment()
+        self.samples: list[Sample] = []
+        self.server: MlflowServer | None = None
+        self.proxy: MlflowProxy | None = None
+        self.log_count = 0
+
+    # setup
+    def setup(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.logs.mkdir(parents=True)
+        print(f"Starting MLflow server and proxy ({self.args.latency_ms} ms per request)...")
+        self.server = MlflowServer(self.work / "server").start()
+        self.proxy = MlflowProxy(self.server.uri, latency_s=self.args.latency_ms / 1000).start()
+        for contender in self.args.contenders:
+            self.pythons[contender], self.installed[contender] = make_environment(
+                self.work, contender
+            )
+            if contender.startswith(OURS):
+                subprocess.run(
+                    [str(self.pythons[contender]), "-c", "import kedro_vertex_hooks.session"],
+                    env=self.env,
+                    check=True,
+                )
+            self.projects[contender] = generate_project(
+                self.work / f"project-{contender}",
+                contender,
+                self.proxy.uri,
+                data_dir=self.work / "data",
+            )
+
+    def close(self) -> None:
+        if self.proxy is not None:
+            self.proxy.stop()
+        if self.server is not None:
+            self.server.stop()
+
+    def direct_client(self) -> Any:
+        from mlflow import MlflowClient
+
+        return MlflowClient(self.server.uri)
+
+    # one process
+    def kedro_run(
+        self,
+        contender: str,
+        mode: str,
+        repeat: int,
+        extra_args: list[str],
+        nodes: list[str],
+        run_id: str | None = None,
+    ) -> Sample:
+        env = dict(self.env)
+        if run_id:
+            env["MLFLOW_RUN_ID"] = run_id
+        command = [str(self.pythons[contender]), "-m", "kedro", "run", *extra_args]
+        self.log_count += 1
+        log = self.logs / f"{self.log_count:04d}-{contender}-{mode}.log"
+        self.proxy.reset_stats()
+        cpu_before = _children_cpu_s()
+        started = time.perf_counter()
+        with log.open("wb") as out:
+            done = subprocess.run(
+                command,
+                cwd=self.projects[contender],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+        wall = time.perf_counter() - started
+        cpu = _children_cpu_s() - cpu_before
+        self.proxy.wait_idle()
+        stats = self.proxy.reset_stats()
+        if done.returncode != 0:
+            tail = log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{contender} {mode}: `{' '.join(command)}` failed:\n{tail}")
+        sample = _sample(contender, mode, repeat, nodes, (wall, cpu), stats)
+        self.samples.append(sample)
+        return sample
+
+    def new_run(self) -> str:
+        client = self.direct_client()
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        experiment_id = (
+            experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
+        )
+        return client.create_run(experiment_id).info.run_id
+
+    def params_in(self, run_id: str) -> int:
+        return len(self.direct_client().get_run(run_id).data.params)
+
+    def latest_run_params(self) -> int:
+        client = self.direct_client()
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        runs = client.search_runs(
+            [experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1
+        )
+        return len(runs[0].data.params) if runs else 0
+
+    # phases
+    def calibrate(self) -> dict[str, float]:
+        """One request's round trip through the proxy and straight to the server."""
+        from mlflow import MlflowClient
+
+        run_id = self.new_run()
+        timings = {}
+        for name, uri in (("proxy", self.proxy.uri), ("direct", self.server.uri)):
+            client = MlflowClient(uri)
+            client.get_run(run_id)
+            laps = []
+            for _ in range(20):
+                started = time.perf_counter()
+                client.get_run(run_id)
+                laps.append(time.perf_counter() - started)
+            timings[f"get_run_{name}_ms"] = round(statistics.median(laps) * 1000, 1)
+        return timings
+
+    def warm_up(self) -> None:
+        """Fill the shared data dir and the .pyc caches; not measured."""
+        print("Warm-up: one untimed run per contender...")
+        self.kedro_run(BASELINE, "warmup", 0, [], node_names())
+        for contender in self.args.contenders:
+            self.kedro_run(contender, "warmup", 0, ["--nodes", "prepare"], ["prepare"])
+        self.samples = [s for s in self.samples if s.mode != "warmup"]
+
+    def in_process(self) -> dict[str, list[int]]:
+        params: dict[str, list[int]] = {}
+        for repeat in range(self.args.repeats):
+            for contender in self.args.contenders:
+                sample = self.kedro_run(contender, "in-process", repeat, [], node_names())
+                print(
+                    f"  in-process #{repeat + 1} {contender}: {sample.wall_s:.2f} s, "
+                    f"{sample.requests} requests"
+                )
+                if contender != BASELINE:
+                    params.setdefault(contender, []).append(self.latest_run_params())
+        return params
+
+    def per_node(self) -> dict[str, list[int]]:
+        names = node_names()
+        count = self.args.sample
+        sample_nodes = [names[round(i * (len(names) - 1) / (count - 1))] for i in range(count)]
+        params: dict[str, list[int]] = {}
+        for repeat in range(self.args.node_repeats):
+            run_ids = {c: self.new_run() for c in self.args.contenders if c != BASELINE}
+            for name in sample_nodes:
+                for contender in self.args.contenders:
+                    sample = self.kedro_run(
+                        contender,
+                        "per-node",
+                        repeat,
+                        ["--nodes", name],
+                        [name],
+                        run_id=run_ids.get(contender),
+                    )
+                    print(
+                        f"  per-node #{repeat + 1} {name} {contender}: "
+                        f"{sample.wall_s:.2f} s, {sample.requests} requests"
+                    )
+            for contender, run_id in run_ids.items():
+                params.setdefault(contender, []).append(self.params_in(run_id))
+        return params
+
+    def wide(self) -> dict[str, dict[str, int]]:
+        results = {}
+        for contender in self.args.contenders:
+            if contender == BASELINE:
+                continue
+            sample = self.kedro_run(contender, "wide", 0, ["--pipeline", "wide"], ["wide"])
+            results[contender] = {
+                "requests": sample.requests,
+                "write_requests": sum(
+                    n for e, n in sample.by_endpoint.items() if e.endswith(WRITE_ENDPOINTS)
+                ),
+                "params_logged": self.latest_run_params(),
+            }
+            print(f"  wide (1000 params) {contender}: {sample.requests} requests")
+        return results
+
+    def imports(self) -> dict[str, Any]:
+        """What importing the package and running ``kedro --help`` load, in ours' env."""
+        python = str(self.pythons[OURS])
+        probe = (
+            "import json, sys, time\n"
+            "started = time.perf_counter()\n"
+            "{statement}\n"
+            "print(json.dumps({{'seconds': time.perf_counter() - started,\n"
+            "  'mlflow': 'mlflow' in sys.modules,\n"
+            "  'google_auth': 'google.auth' in sys.modules}}))\n"
+        )
+        checks = {}
+        for label, statement in (
+            ("import kedro_vertex_hooks", "import kedro_vertex_hooks"),
+            (
+                "settings.py: MlflowRunHooks()",
+                "from kedro_vertex_hooks import MlflowRunHooks\nMlflowRunHooks()",
+            ),
+        ):
+            out = subprocess.run(
+                [python, "-c", probe.format(statement=statement)],
+                cwd=self.projects[OURS],
+                env=self.env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            checks[label] = json.loads(out.stdout.strip().splitlines()[-1])
+        help_run = subprocess.run(
+            [python, "-X", "importtime", "-m", "kedro", "--help"],
+            cwd=self.projects[OURS],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        loaded = {
+            line.rsplit("|", 1)[-1].strip()
+            for line in help_run.stderr.splitlines()
+            if line.startswith("import time:")
+        }
+        checks["kedro --help (project with ours)"] = {
+            "mlflow": "mlflow" in loaded,
+            "google_auth": "google.auth" in loaded,
+            "exit_code": help_run.returncode,
+        }
+        return checks
+
+    def client_import_s(self) -> dict[str, float]:
+        """Importing the MLflow client once Kedro is loaded, in each tracking environment."""
+        clock = (
+            "import time, kedro.framework.session\n"
+            "started = time.perf_counter()\n"
+            "from mlflow import MlflowClient\n"
+            "print(time.perf_counter() - started)\n"
+        )
+        seconds = {}
+        for contender in self.args.contenders:
+            if contender == BASELINE:
+                continue
+            laps = []
+            for _ in range(3):
+                out = subprocess.run(
+                    [str(self.pythons[contender]), "-c", clock],
+                    cwd=self.projects[contender],
+                    env=self.env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                laps.append(float(out.stdout.strip().splitlines()[-1]))
+            seconds[contender] = round(statistics.median(laps), 3)
+        return seconds
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _sample(
+    contender: str,
+    mode: str,
+    repeat: int,
+    nodes: list[str],
+    times: tuple[float, float],
+    stats: TrafficStats,
+) -> Sample:
+    first = stats.records[0].started if stats.records else 0.0
+    return Sample(
+        contender=contender,
+        mode=mode,
+        repeat=repeat,
+        nodes=nodes,
+        wall_s=times[0],
+        cpu_s=times[1],
+        requests=stats.requests,
+        bytes_total=stats.bytes_total,
+        connections=stats.connections,
+        by_endpoint=stats.by_endpoint,
+        sequence=[
+            (round((r.started - first) * 1000, 1), r.endpoint, r.status) for r in stats.records
+        ],
+    )
+
+
+# -- analysis -------------------------------------------------------------------------------
+def summarise(
+    samples: list[Sample], contenders: list[str], client_import_s: dict[str, float]
+) -> list[dict]:
+    """Rows per mode and contender; overheads are paired with the baseline run next to them."""
+    rows = []
+    for mode in ("in-process", "per-node"):
+        by_contender = {
+            c: [s for s in samples if s.mode == mode and s.contender == c] for c in contenders
+        }
+        baseline = {(s.repeat, s.nodes[0]): s for s in by_contender[BASELINE]}
+        for contender in contenders:
+            runs = by_contender[contender]
+            if not runs:
+                continue
+            nodes_per_run = len(runs[0].nodes)
+            node_count = sum(len(s.nodes) for s in runs)
+            if mode == "in-process":
+                totals = [s.wall_s for s in runs]
+            else:
+                totals = [
+                    sum(s.wall_s for s in runs if s.repeat == r)
+                    for r in sorted({s.repeat for s in runs})
+                ]
+            extra = [
+                (s.wall_s - baseline[(s.repeat, s.nodes[0])].wall_s) / nodes_per_run for s in runs
+            ]
+            overhead_ms = statistics.median(extra) * 1000
+            cpu_extra = [
+                (s.cpu_s - baseline[(s.repeat, s.nodes[0])].cpu_s) / nodes_per_run for s in runs
+            ]
+            import_share_ms = client_import_s.get(contender, 0.0) * 1000 / nodes_per_run
+            endpoints: dict[str, float] = {}
+            for s in runs:
+                for endpoint, n in s.by_endpoint.items():
+                    endpoints[endpoint] = endpoints.get(endpoint, 0) + n / node_count
+            rows.append(
+                {
+                    "mode": mode,
+                    "contender": contender,
+                    "processes": len(runs),
+                    "nodes_per_process": nodes_per_run,
+                    "wall_min_s": round(min(totals), 2),
+                    "wall_median_s": round(statistics.median(totals), 2),
+                    "overhead_ms_per_node": round(overhead_ms, 1) if contender != BASELINE else 0.0,
+                    "overhead_ms_per_node_excl_client_import": (
+                        round(overhead_ms - import_share_ms, 1) if contender != BASELINE else 0.0
+                    ),
+                    "cpu_overhead_ms_per_node": (
+                        round(statistics.median(cpu_extra) * 1000, 1)
+                        if contender != BASELINE
+                        else 0.0
+                    ),
+                    "requests_per_node": round(sum(s.requests for s in runs) / node_count, 2),
+                    "bytes_per_node": round(sum(s.bytes_total for s in runs) / node_count),
+                    "connections_per_process": round(
+                        statistics.mean(s.connections for s in runs), 2
+                    ),
+                    "requests_per_node_by_endpoint": {
+                        k: round(v, 2) for k, v in sorted(endpoints.items(), key=lambda kv: -kv[1])
+                    },
+                }
+            )
+    for row in rows:
+        anchor = next(
+            (r for r in rows if r["mode"] == row["mode"] and r["contender"] == ANCHOR), None
+        )
+        if anchor and row["contender"] not in (BASELINE, ANCHOR):
+            row["ratio_overhead_vs_kedro_mlflow"] = _ratio(
+                row["overhead_ms_per_node"], anchor["overhead_ms_per_node"]
+            )
+            row["ratio_requests_vs_kedro_mlflow"] = _ratio(
+                row["requests_per_node"], anchor["requests_per_node"]
+            )
+            row["ratio_bytes_vs_kedro_mlflow"] = _ratio(
+                row["bytes_per_node"], anchor["bytes_per_node"]
+            )
+    return rows
+
+
+def _ratio(ours: float, theirs: float) -> float | None:
+    return round(ours / theirs, 3) if theirs > 0 else None
+
+
+def check_targets(
+    rows: list[dict], wide: dict, imports: dict, latency_ms: float, contender: str
+) -> list[dict]:
+    """The targets of issue 6 for ``contender``, each with the figure that decides it."""
+
+    def row(mode: str) -> dict:
+        return next(r for r in rows if r["mode"] == mode and r["contender"] == contender)
+
+    targets = []
+
+    def target(name: str, figure: Any, limit: Any, met: bool) -> None:
+        targets.append({"target": name, "figure": figure, "limit": limit, "met": met})
+
+    inproc, pernode = row("in-process"), row("per-node")
+    target(
+        "in-process overhead per node (ms) <= one round trip",
+        inproc["overhead_ms_per_node"],
+        latency_ms,
+        inproc["overhead_ms_per_node"] <= latency_ms,
+    )
+    target(
+        "in-process requests per node <= 2",
+        inproc["requests_per_node"],
+        2,
+        inproc["requests_per_node"] <= 2,
+    )
+    per_step_limit = 2 * pernode["nodes_per_process"] + 2
+    target(
+        "per-node requests per step <= 2 per node + 2",
+        pernode["requests_per_node"] * pernode["nodes_per_process"],
+        per_step_limit,
+        pernode["requests_per_node"] * pernode["nodes_per_process"] <= per_step_limit,
+    )
+    target(
+        "per-node extra step time beyond client import (ms) <= that many round trips",
+        pernode["overhead_ms_per_node_excl_client_import"],
+        per_step_limit * latency_ms,
+        pernode["overhead_ms_per_node_excl_client_import"] <= per_step_limit * latency_ms,
+    )
+    for r in (inproc, pernode):
+        ratio = r.get("ratio_overhead_vs_kedro_mlflow")
+        target(
+            f"{r['mode']} overhead ratio vs kedro-mlflow <= 0.2",
+            ratio,
+            0.2,
+            ratio is not None and ratio <= 0.2,
+        )
+    if contender in wide:
+        target(
+            "1000 params on one node: write requests <= 10 (all requests of the run in brackets)",
+            f"{wide[contender]['write_requests']} ({wide[contender]['requests']})",
+            10,
+            wide[contender]["write_requests"] <= 10,
+        )
+    for label, check in imports.items():
+        if isinstance(check, dict):
+            target(
+                f"{label}: no mlflow / google-auth imported",
+                f"mlflow={check['mlflow']}, google.auth={check['google_auth']}",
+                "both False",
+                not check["mlflow"] and not check["google_auth"],
+            )
+    return targets
+
+
+# -- report ---------------------------------------------------------------------------------
+def markdown(result: dict) -> str:
+    cfg = result["config"]
+    imports_text = ", ".join(f"{c} {s} s" for c, s in result["client_import_s"].items())
+    lines = [
+        f"# Benchmark: {cfg['nodes']}-node pipeline, 20 nested params per node",
+        "",
+        f"`{cfg['command']}` on {result['machine']['when']} "
+        f"({result['machine']['cpus']} CPUs, load {result['machine']['load_before']}; "
+        f"kedro_vertex_hooks at {result['machine']['kedro_vertex_hooks']}); "
+        f"proxy latency {cfg['latency_ms']} ms per request "
+        f"(measured get_run: {result['calibration']['get_run_proxy_ms']} ms through the proxy, "
+        f"{result['calibration']['get_run_direct_ms']} ms straight to the server).",
+        "",
+        f"Modes: **in-process** = one `kedro run` of all {cfg['nodes']} nodes "
+        f"({cfg['repeats']} repeats); **per-node** = one `kedro run --nodes X` process per node "
+        f"with `MLFLOW_RUN_ID`, on a sample of {cfg['sample']} nodes spread over the pipeline "
+        f"({cfg['node_repeats']} repeats). Wall = one in-process run, or the sum of the sampled "
+        "steps. Overhead = extra wall time vs the no-tracking process run next to it, per node "
+        "(median of pairs); 'excl. import' also subtracts the contender's import of the MLflow "
+        f"client ({imports_text}), spread over the nodes of one process; CPU = extra user+system "
+        "time (less sensitive to machine load than wall time).",
+        "",
+        "| mode | contender | wall min (s) | wall median (s) | overhead / node (ms) "
+        "| excl. client import (ms) | CPU / node (ms) | requests / node | bytes / node "
+        "| ours / kedro-mlflow: overhead | requests | bytes |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['mode']} | {r['contender']} | {r['wall_min_s']} | {r['wall_median_s']} "
+            f"| {r['overhead_ms_per_node']} | {r['overhead_ms_per_node_excl_client_import']} "
+            f"| {r['cpu_overhead_ms_per_node']} | {r['requests_per_node']} | {r['bytes_per_node']} "
+            f"| {_fmt(r.get('ratio_overhead_vs_kedro_mlflow'))} "
+            f"| {_fmt(r.get('ratio_requests_vs_kedro_mlflow'))} "
+            f"| {_fmt(r.get('ratio_bytes_vs_kedro_mlflow'))} |"
+        )
+    lines += [
+        "",
+        "| one node with 1000 params (in-process) | write requests | all requests "
+        "| params logged |",
+        "|---|---:|---:|---:|",
+    ]
+    for contender, figures in result["wide"].items():
+        lines.append(
+            f"| {contender} | {figures['write_requests']} | {figures['requests']} "
+            f"| {figures['params_logged']} |"
+        )
+    lines += [
+        "",
+        "| import check (ours' environment) | mlflow imported | google.auth imported | seconds |",
+        "|---|---|---|---:|",
+    ]
+    for label, check in result["imports"].items():
+        if isinstance(check, dict):
+            seconds = round(check["seconds"], 3) if "seconds" in check else "-"
+            lines.append(f"| `{label}` | {check['mlflow']} | {check['google_auth']} | {seconds} |")
+    lines += [
+        "",
+        "Params logged per run (same work for every tracking contender): "
+        + "; ".join(f"{k}: {v}" for k, v in result["params_logged"].items()),
+        "",
+    ]
+    for contender, targets in result["targets"].items():
+        lines += [
+            f"Targets of issue 6 for `{contender}`:",
+            "",
+            "| target | figure | limit | met |",
+            "|---|---:|---:|---|",
+        ]
+        lines += [
+            f"| {t['target']} | {t['figure']} | {t['limit']} | {'yes' if t['met'] else '**no**'} |"
+            for t in targets
+        ]
+        lines.append("")
+    lines += ["Contenders (same generated project, different `settings.py` / environment):", ""]
+    lines += [
+        f"- `{c['name']}`: {c['label']}; environment: {c['environment']}"
+        for c in result["contenders"]
+    ]
+    lines += ["", "Requests per node by endpoint:", ""]
+    for r in result["rows"]:
+        if r["contender"] != BASELINE:
+            parts = ", ".join(f"{k} {v}" for k, v in r["requests_per_node_by_endpoint"].items())
+            lines.append(f"- {r['mode']} {r['contender']}: {parts}")
+    return "\n".join(lines) + "\n"
+
+
+def _describe_environment(contender: str, installed: list[str]) -> str:
+    mlflow = (
+        "full mlflow"
+        if "mlflow" in installed
+        else ("mlflow-skinny" if "mlflow-skinny" in installed else "no mlflow")
+    )
+    return (
+        f"`pip install {' '.join(ENV_REQUIREMENTS[contender])}` equivalent "
+        f"({len(installed)} distributions, {mlflow})"
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Tracking overhead: ours vs kedro-mlflow.")
+    parser.add_argument("--repeats", type=int, default=2, help="in-process runs per contender")
+    parser.add_argument("--node-repeats", type=int, default=2, help="per-node sample repeats")
+    parser.add_argument("--sample", type=int, default=8, help="nodes run one per process")
+    parser.add_argument("--latency-ms", type=float, default=25.0)
+    parser.add_argument(
+        "--contenders",
+        default="none,kedro_mlflow,ours",
+        help=f"comma-separated, from {','.join(CONTENDERS)}",
+    )
+    parser.add_argument("--skip-wide", action="store_true", help="skip the 1000-param node")
+    parser.add_argument("--workdir", default=str(BENCHMARK_DIR / "results" / "work"))
+    parser.add_argument("--latest-md", default=str(BENCHMARK_DIR / "LATEST.md"))
+    args = parser.parse_args()
+    args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    if BASELINE not in args.contenders or OURS not in args.contenders:
+        parser.error(f"--contenders must include {BASELINE} and {OURS}")
+    if args.sample < 2:
+        parser.error("--sample must be at least 2")
+
+    command = "python benchmark/run.py " + " ".join(sys.argv[1:])
+    load_before = os.getloadavg()[0]
+    revision = package_revision()
+    bench = Bench(args)
+    started = time.perf_counter()
+    try:
+        bench.setup()
+        calibration = bench.calibrate()
+        bench.warm_up()
+        print("In-process runs...")
+        params_logged = {f"in-process {c}": v for c, v in bench.in_process().items()}
+        print("Per-node runs...")
+        params_logged |= {f"per-node {c}": v for c, v in bench.per_node().items()}
+        wide = {} if args.skip_wide else bench.wide()
+        imports = bench.imports()
+        client_import = bench.client_import_s()
+    finally:
+        bench.close()
+
+    rows = summarise(bench.samples, args.contenders, client_import)
+    result = {
+        "config": {
+            "command": command.strip(),
+            "nodes": NODES,
+            "repeats": args.repeats,
+            "node_repeats": args.node_repeats,
+            "sample": args.sample,
+            "latency_ms": args.latency_ms,
+            "contenders": args.contenders,
+        },
+        "machine": {
+            "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "cpus": os.cpu_count(),
+            "load_before": round(load_before, 1),
+            "python": platform.python_version(),
+            "kedro_vertex_hooks": revision,
+            "versions": {d: metadata.version(d) for d in ("kedro", "mlflow", "kedro-mlflow")},
+            "seconds": round(time.perf_counter() - started),
+        },
+        "contenders": [
+            {
+                "name": c,
+                "label": CONTENDERS[c].label,
+                "environment": _describe_environment(c, bench.installed.get(c, [])),
+                "installed": bench.installed.get(c, []),
+                "settings_py": CONTENDERS[c].settings,
+            }
+            for c in args.contenders
+        ],
+        "calibration": calibration,
+        "rows": rows,
+        "wide": wide,
+        "imports": imports,
+        "client_import_s": client_import,
+        "params_logged": params_logged,
+        "targets": {
+            c: check_targets(rows, wide, imports, args.latency_ms, c)
+            for c in args.contenders
+            if c.startswith(OURS)
+        },
+        "samples": [asdict(s) for s in bench.samples],
+    }
+    results_dir = BENCHMARK_DIR / "results"
+    results_dir.mkdir(exist_ok=True)
+    (results_dir / "latest.json").write_text(json.dumps(result, indent=1))
+    text = markdown(result)
+    Path(args.latest_md).write_text(text)
+    print()
+    print(text)
+    print(f"Took {result['machine']['seconds']} s. JSON: {results_dir / 'latest.json'}")
+
+
+if __name__ == "__main__":
+    main()
