@@ -19,9 +19,31 @@ from kedro_vertex_hooks.naming import flatten, legal_key
 
 logger = logging.getLogger(__name__)
 
+_LOCAL_PROTOCOLS = frozenset({"file", "local"})
 
-def saved_files(dataset: Any, dataset_name: str) -> list[Path]:
-    """The local files (or the files under a local folder) that ``dataset`` just saved."""
+
+def artifact_destinations(dataset: Any, dataset_name: str) -> list[tuple[Path, str]]:
+    """The local files (or files under a local folder) that ``dataset`` just saved, each with
+    its artifact folder: ``<dataset>/`` plus its place in that folder."""
+    local = _local_save_path(dataset, dataset_name)
+    if local is None:
+        return []
+    folder = legal_key(dataset_name)
+    if local.is_file():
+        return [(local, folder)]
+    if local.is_dir():
+        files = sorted(p for p in local.rglob("*") if p.is_file())
+        return [(path, _subfolder(folder, path.parent.relative_to(local))) for path in files]
+    logger.warning("Dataset '%s': %s does not exist after saving; not logged.", dataset_name, local)
+    return []
+
+
+def _subfolder(folder: str, relative: Path) -> str:
+    return folder if relative == Path(".") else f"{folder}/{relative.as_posix()}"
+
+
+def _local_save_path(dataset: Any, dataset_name: str) -> Path | None:
+    """Where ``dataset`` saved, if that is on this machine; None (with a warning) if not."""
     path = _save_path(dataset)
     if path is None:
         logger.warning(
@@ -30,43 +52,29 @@ def saved_files(dataset: Any, dataset_name: str) -> list[Path]:
             dataset_name,
             type(dataset).__name__,
         )
-        return []
+        return None
     text = str(path)
+    protocol = getattr(dataset, "_protocol", None)  # fsspec datasets strip it from the path
+    if isinstance(protocol, str) and protocol not in _LOCAL_PROTOCOLS:
+        text = f"{protocol}://{text}"
     if "://" in text and not text.startswith("file://"):
         logger.warning(
             "Dataset '%s' saved to %s, which is not a local file: not logged as an artifact.",
             dataset_name,
             text,
         )
-        return []
-    local = Path(text.removeprefix("file://"))
-    if local.is_dir():
-        return sorted(p for p in local.rglob("*") if p.is_file())
-    if local.is_file():
-        return [local]
-    logger.warning("Dataset '%s': %s does not exist after saving; not logged.", dataset_name, local)
-    return []
-
-
-def artifact_destinations(dataset: Any, dataset_name: str) -> list[tuple[Path, str]]:
-    """Each saved file with its artifact folder: ``<dataset>/`` plus its place in a folder."""
-    files = saved_files(dataset, dataset_name)
-    root = Path(str(_save_path(dataset)).removeprefix("file://")) if files else None
-    destinations = []
-    for path in files:
-        folder = legal_key(dataset_name)
-        if root is not None and root.is_dir() and path.parent != root:
-            folder = f"{folder}/{path.parent.relative_to(root).as_posix()}"
-        destinations.append((path, folder))
-    return destinations
+        return None
+    return Path(text.removeprefix("file://"))
 
 
 def _save_path(dataset: Any) -> Any:
-    get_save_path = getattr(dataset, "_get_save_path", None)
-    if callable(get_save_path):
+    """The path of the last save: for a versioned dataset, the version folder's file."""
+    if getattr(dataset, "_version", None) and callable(
+        getattr(dataset, "resolve_save_version", None)
+    ):
         try:
-            return get_save_path()
-        except Exception:  # unversioned datasets may refuse; fall back to the plain path
+            return dataset._get_versioned_path(dataset.resolve_save_version())
+        except Exception:  # a dataset that versions differently: fall back to its plain path
             pass
     for attribute in ("_filepath", "filepath", "_path", "path"):
         value = getattr(dataset, attribute, None)
