@@ -10,11 +10,15 @@ switches its hook off for the session. Nothing here imports kedro-mlflow.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
 _KEDRO_MLFLOW = "kedro_mlflow"
+_KEDRO_MLFLOW_HOOK_MODULE = "kedro_mlflow.framework.hooks.mlflow_hook"
+_KEYED_METRIC_DATASETS = frozenset({"MlflowMetricDataset", "MlflowMetricHistoryDataset"})
+_PREFIXED_METRICS_DATASET = "MlflowMetricsHistoryDataset"
 
 
 def _is_kedro_mlflow(obj: Any) -> bool:
@@ -33,6 +37,7 @@ def switch_off_kedro_mlflow_hook(context: Any) -> bool:
     found = [plugin for plugin in manager.get_plugins() if _is_kedro_mlflow(plugin)]
     for plugin in found:
         manager.unregister(plugin)
+        _idle(plugin)  # forked ParallelRunner workers register this same object again
     if found:
         logger.info(
             "kedro-vertex-hooks owns the MLflow run: kedro-mlflow's hook is switched off for "
@@ -42,23 +47,58 @@ def switch_off_kedro_mlflow_hook(context: Any) -> bool:
     return bool(found)
 
 
+def keep_kedro_mlflow_hook_idle() -> bool:
+    """In a ParallelRunner worker, make kedro-mlflow's hook log nothing; True if it is loaded.
+
+    Workers register entry-point hooks afresh for every node, spawned ones even when
+    settings.py disables kedro-mlflow (they never load settings.py). Its ``before_node_run``
+    would log the node's params through MLflow's fluent API, which resumes the shared run
+    from ``MLFLOW_RUN_ID``: unflattened and unmasked, failing the node on a changed value,
+    and ending the run FINISHED when a spawned worker exits. Call it before that hook runs.
+    """
+    module = sys.modules.get(_KEDRO_MLFLOW_HOOK_MODULE)
+    plugin = getattr(module, "mlflow_hook", None)
+    if plugin is None:
+        return False
+    _idle(plugin)
+    return True
+
+
+def _idle(plugin: Any) -> None:
+    """kedro-mlflow's own off switch: the flag its hook sets for a pipeline whose tracking
+    is disabled in mlflow.yml; with no run of its own, the hook then logs nothing."""
+    if hasattr(plugin, "_is_mlflow_enabled") and getattr(plugin, "run_id", None) is None:
+        plugin._is_mlflow_enabled = False
+
+
 def point_datasets_at_run(catalog: Any, dataset_names: Any, run_id: str) -> list[str]:
     """Give kedro-mlflow datasets among ``dataset_names`` the shared run's id.
 
-    Only datasets whose catalog entry names no run of its own are changed. Returns the names
-    of the datasets pointed at the run.
+    Only datasets whose catalog entry names no run of its own are changed. Metric datasets
+    without a key or prefix are named after their catalog entry, as kedro-mlflow's own hook
+    does when it is active (without it, ``MlflowMetricDataset`` has no metric name at all).
+    Returns the names of the datasets pointed at the run.
     """
     pointed = []
     for name in dataset_names:
         dataset = _dataset(catalog, name)
         if dataset is None or not _is_kedro_mlflow(dataset):
             continue
+        _name_metrics_after_entry(dataset, name)
         attributes = vars(dataset)
         own_run = attributes.get("_run_id", attributes.get("run_id"))
         if own_run is None and ("run_id" in attributes or "_run_id" in attributes):
             dataset.run_id = run_id
             pointed.append(name)
     return pointed
+
+
+def _name_metrics_after_entry(dataset: Any, name: str) -> None:
+    classes = {cls.__name__ for cls in type(dataset).__mro__}
+    if classes & _KEYED_METRIC_DATASETS and getattr(dataset, "key", "") is None:
+        dataset.key = name
+    if _PREFIXED_METRICS_DATASET in classes and getattr(dataset, "_prefix", "") is None:
+        dataset._prefix = name
 
 
 def _dataset(catalog: Any, name: str) -> Any:

@@ -34,11 +34,13 @@ class SpawnWorkerHooks:
             return None
         if self._hooks is None:
             from kedro_vertex_hooks.hooks import MlflowRunHooks
+            from kedro_vertex_hooks.kedro_mlflow_compat import keep_kedro_mlflow_hook_idle
 
+            keep_kedro_mlflow_hook_idle()  # registered here even if settings.py disables it
             self._hooks = MlflowRunHooks(**spec.hook_options)
         return self._hooks
 
-    @hook_impl
+    @hook_impl(tryfirst=True)  # before kedro-mlflow's, which must find itself idle
     def before_node_run(self, node: Any, catalog: Any, inputs: dict[str, Any]) -> None:
         hooks = self._delegate()
         if hooks is not None:
