@@ -81,10 +81,17 @@ def evaluate_tree(model: dict[str, Any], rows: Rows) -> dict[str, float]:
 
 def select_model(
     linear_metrics: dict[str, float], tree_metrics: dict[str, float], selection: dict[str, Any]
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, dict[str, float]], float]:
+    """The choice, the scores as ``{name: {"value", "step"}}`` (kedro-mlflow's metrics
+    history format) and the best score as one number (for a single-metric dataset)."""
     metric = selection["metric"]
     best = "linear" if linear_metrics[metric] <= tree_metrics[metric] else "tree"
-    return {"best": best, "metric": metric, "linear": linear_metrics, "tree": tree_metrics}
+    choice = {"best": best, "metric": metric, "linear": linear_metrics, "tree": tree_metrics}
+    scores = {
+        f"{name}_{metric}": {"value": float(metrics[metric]), "step": 0}
+        for name, metrics in (("linear", linear_metrics), ("tree", tree_metrics))
+    }
+    return choice, scores, float(min(linear_metrics[metric], tree_metrics[metric]))
 
 
 def write_report(choice: dict[str, Any], stats: dict[str, float], report: dict[str, Any]) -> dict:

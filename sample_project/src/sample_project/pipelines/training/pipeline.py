@@ -30,7 +30,7 @@ def create_pipeline() -> Pipeline:
             node(
                 n.select_model,
                 ["linear_metrics", "tree_metrics", "params:selection"],
-                "model_choice",
+                ["model_choice", "model_scores", "best_score"],
                 name="select_model",
             ),
             node(
