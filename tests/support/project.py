@@ -48,20 +48,21 @@ def base_env(**extra: str) -> dict[str, str]:
 class Project:
     """A private copy of sample_project; each ``run`` is a fresh ``kedro run`` process."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, python: str | Path | None = None) -> None:
         self.root = root
+        self.python = str(python or sys.executable)  # another venv's interpreter, if given
 
     @classmethod
-    def copy(cls, destination: Path) -> Project:
+    def copy(cls, destination: Path, python: str | Path | None = None) -> Project:
         shutil.copytree(
             SAMPLE_PROJECT,
             destination,
             ignore=shutil.ignore_patterns("mlflow.db", "__pycache__", "*.json", "mlruns"),
         )
-        return cls(destination)
+        return cls(destination, python)
 
     def command(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "kedro", *args]
+        return [self.python, "-m", "kedro", *args]
 
     def start(self, args: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[str]:
         return subprocess.Popen(

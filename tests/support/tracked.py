@@ -1,0 +1,31 @@
+"""What a tracking server holds, read the way a user would: every run, artifact contents."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def every_run_id(client: Any) -> set[str]:
+    """Ids of all runs in all experiments, deleted ones included (so no extra run hides)."""
+    from mlflow.entities import ViewType
+
+    experiments = client.search_experiments(view_type=ViewType.ALL)
+    ids: set[str] = set()
+    for experiment in experiments:
+        runs = client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL)
+        ids.update(run.info.run_id for run in runs)
+    return ids
+
+
+def artifact_json(client: Any, run_id: str, path: str, download_to: Path) -> Any:
+    """Download one artifact of the run through the server and parse it as JSON."""
+    download_to.mkdir(parents=True, exist_ok=True)
+    local = client.download_artifacts(run_id, path, str(download_to))
+    return json.loads(Path(local).read_text(encoding="utf-8"))
+
+
+def local_json(project_root: Path, name: str) -> Any:
+    """A dataset file the project wrote, to compare with what reached the run."""
+    return json.loads((project_root / "data" / f"{name}.json").read_text(encoding="utf-8"))
