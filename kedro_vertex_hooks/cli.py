@@ -181,7 +181,7 @@ def finalize_command(
     outage_budget: float | None,
 ) -> None:
     """Close the run: terminal status, lost nodes, summary and timeline. Safe to run twice."""
-    from kedro_vertex_hooks.hooks import _pipeline_node_names
+    from kedro_vertex_hooks.hooks import pipeline_node_names
     from kedro_vertex_hooks.lifecycle import finalize, find_run_id
 
     source = RunSource.from_env()
@@ -203,7 +203,7 @@ def finalize_command(
                 client,
                 config.tracking_uri,
                 target,
-                lambda name: _pipeline_node_names(name, _NoNodes),
+                pipeline_node_names,
                 state,
             )
 
@@ -215,12 +215,6 @@ def finalize_command(
     changed = ", ".join(result.changed) or "nothing changed (already finalized)"
     lost = f"; lost nodes: {', '.join(result.lost_nodes)}" if result.lost_nodes else ""
     click.echo(f"MLflow run {result.run_id} is {result.status}: {changed}{lost}", err=True)
-
-
-class _NoNodes:
-    """Stands for a pipeline the project does not define: the summary then uses the tags."""
-
-    nodes: tuple = ()
 
 
 @vertex_hooks.command(name="doctor")

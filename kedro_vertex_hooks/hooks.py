@@ -47,15 +47,19 @@ def _pipeline_name(run_params: dict[str, Any]) -> str:
     return names if isinstance(names, str) else "+".join(names)
 
 
-def _pipeline_node_names(pipeline_name: str, fallback: Any) -> list[str]:
-    """Node names of the whole pipeline this step belongs to (not the ``--nodes`` subset)."""
+def pipeline_node_names(pipeline_name: str) -> list[str]:
+    """Node names of the whole pipeline a step belongs to (not its ``--nodes`` subset).
+
+    ``pipeline_name`` may join several registered pipelines with ``+``; empty when the
+    project does not register one of them.
+    """
     from kedro.framework.project import pipelines
 
     nodes: list[str] = []
     for name in pipeline_name.split("+"):
         pipeline = pipelines.get(name)
         if pipeline is None:
-            return [node.name for node in fallback.nodes]
+            return []
         nodes.extend(node.name for node in pipeline.nodes)
     return nodes
 
@@ -97,7 +101,7 @@ class MlflowRunHooks:
 
         self._catalog = catalog
         name = _pipeline_name(run_params)
-        self._pipeline_nodes = _pipeline_node_names(name, pipeline)
+        self._pipeline_nodes = pipeline_node_names(name) or [n.name for n in pipeline.nodes]
         self._session = TrackingSession.open(
             self._config, self.options, self._source, self._context, name
         )
