@@ -74,6 +74,22 @@ def activate_kedro_mlflow(project: Project, tracking_uri: str, experiment: str) 
     )
 
 
+def kedro_mlflow_param_keys(project: Project, recursive: bool, sep: str) -> set[str]:
+    """The param keys kedro-mlflow's own hook writes for sample_project's param inputs."""
+    from kedro_mlflow.framework.hooks.utils import _flatten_dict
+    from sample_project.pipelines.training.pipeline import create_pipeline
+
+    parameters = yaml.safe_load((project.root / "conf" / "base" / "parameters.yml").read_text())
+    keys: set[str] = set()
+    for name in create_pipeline().inputs():
+        if name.startswith("params:"):
+            value = parameters
+            for part in name.removeprefix("params:").split("."):
+                value = value[part]
+            keys |= set(_flatten_dict({name.removeprefix("params:"): value}, recursive, sep))
+    return keys
+
+
 def assert_ok(result) -> str:
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     return result.stdout + result.stderr
@@ -168,6 +184,8 @@ def test_runners_beside_an_active_kedro_mlflow_hook(
     project = Project.copy(tmp_path / "project")
     experiment = f"kedro-mlflow-{runner}"
     activate_kedro_mlflow(project, mlflow_server.uri, experiment)
+    dict_params = {"flatten": True, "recursive": False, "sep": "/"}
+    configure_mlflow_yml(project, tracking={"params.dict_params": dict_params})
     if mp_context:
         drop_artifact_dataset(project)
     run_id = client.create_run(client.create_experiment(experiment)).info.run_id
@@ -180,8 +198,10 @@ def test_runners_beside_an_active_kedro_mlflow_hook(
 
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    for key, value in FLAT_PARAMS.items():
-        assert run.data.params[key] == value, key
+    # mlflow.yml's tracking.params honoured: the keys kedro-mlflow itself would have written.
+    assert set(run.data.params) == kedro_mlflow_param_keys(project, recursive=False, sep="/")
+    assert run.data.params["model.linear/regularization"] == "{'l2': 0.01, 'l1': 0.0}"
+    assert run.data.params["report/api_token"] == "***"
     assert not UNFLATTENED_KEYS & set(run.data.params)  # its hook stayed idle in workers
     assert_kedro_mlflow_metrics(run, project)
     if not mp_context:
