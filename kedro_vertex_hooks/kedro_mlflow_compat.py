@@ -3,8 +3,9 @@
 kedro-mlflow's hook resumes a run through the fluent API, renames it after the pipeline and
 ends it FINISHED after every ``kedro run``; in a one-container-per-node pipeline that is
 wrong after every step but the last. Its datasets log into the run active in the current
-thread, or into a new one. This module points those datasets at the shared run by id and
-switches its hook off for the session. Nothing here imports kedro-mlflow.
+thread, or into a new one. This module points those datasets at the shared run by id,
+switches its hook off for the session and keeps it idle in ParallelRunner workers. Nothing
+here imports kedro-mlflow.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ def _is_kedro_mlflow(obj: Any) -> bool:
 def switch_off_kedro_mlflow_hook(context: Any) -> bool:
     """Unregister kedro-mlflow's hook from this session's hook manager; True if it was there.
 
-    Its ``after_context_created`` has already been collected for the current call (it sets
-    the tracking URI, harmlessly); every later hook of it is skipped.
+    Its ``after_context_created`` has already been collected for the current call and still
+    runs (it reads mlflow.yml, sets the tracking URI and experiment, exports
+    ``server.credentials``: harmless); every later hook of it is skipped.
     """
     manager = getattr(context, "_hook_manager", None)
     if manager is None:
