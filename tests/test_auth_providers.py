@@ -8,6 +8,7 @@ pointed at the fake generateIdToken endpoint through its ``iam_endpoint`` option
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import threading
 import time
 from collections.abc import Iterator
@@ -132,6 +133,28 @@ def test_concurrent_requests_fetch_one_token(adc: AuthStack) -> None:
 
     assert len(first_round) == 1
     assert len(set(tokens)) == 1 and set(tokens) != first_round
+    assert adc.google.counts == {"token": 2}
+
+
+def test_forked_worker_gets_a_token_while_the_parent_is_refreshing(adc: AuthStack) -> None:
+    """ParallelRunner with fork: the parent's lock and connections must not reach the child."""
+    adc.google.delay_s = 1.5
+    provider = MLFlowGoogleOauthRequestHeaderProvider(client_id=AUDIENCE)
+    parent = threading.Thread(target=provider.request_headers)
+    parent.start()
+    time.sleep(0.5)  # the parent's fetch holds the lock now
+    fork = multiprocessing.get_context("fork")
+    tokens = fork.Queue()
+    child = fork.Process(target=lambda: tokens.put(_bearer(provider.request_headers())))
+    child.start()
+    child.join(timeout=30)
+    if child.is_alive():
+        child.kill()  # deadlocked on the parent's lock
+    parent.join()
+
+    assert child.exitcode == 0
+    token = tokens.get(timeout=5)
+    assert verify_jwt(adc.google.public_key, token)["aud"] == AUDIENCE
     assert adc.google.counts == {"token": 2}
 
 

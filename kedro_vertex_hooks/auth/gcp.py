@@ -54,7 +54,9 @@ class _GoogleIdTokenProvider(RequestHeaderProviderWithKedroContext):
         self.audience = str(client_id)
         self.header = header
         self.timeout_s = float(timeout_s)
-        self._cache = TokenCache(self._fetch_safely, f"{type(self).__name__}({self.audience})")
+        self._cache = TokenCache(
+            self._fetch_safely, f"{type(self).__name__}({self.audience})", self._drop_connections
+        )
 
     def in_context(self) -> bool:
         return True
@@ -89,6 +91,9 @@ class _GoogleIdTokenProvider(RequestHeaderProviderWithKedroContext):
     def _fetch(self) -> Token:
         raise NotImplementedError
 
+    def _drop_connections(self) -> None:
+        """Called in a forked child: the parent's HTTP connection pool is not ours to use."""
+
 
 class MLFlowGoogleOauthRequestHeaderProvider(_GoogleIdTokenProvider):
     """ID token from Application Default Credentials.
@@ -115,6 +120,9 @@ class MLFlowGoogleOauthRequestHeaderProvider(_GoogleIdTokenProvider):
             )
         self._credentials.refresh(self._request)
         return Token.from_jwt(self._credentials.token, self._credentials.expiry)
+
+    def _drop_connections(self) -> None:
+        self._request = None
 
 
 class MLFlowGoogleIAMRequestHeaderProvider(_GoogleIdTokenProvider):
@@ -151,6 +159,7 @@ class MLFlowGoogleIAMRequestHeaderProvider(_GoogleIdTokenProvider):
         self.service_account = str(service_account)
         self.delegates = [str(delegate) for delegate in delegates or ()]
         self.iam_endpoint = iam_endpoint
+        self._source_credentials: Any = None
         self._session: Any = None
 
     def __repr__(self) -> str:
@@ -161,11 +170,12 @@ class MLFlowGoogleIAMRequestHeaderProvider(_GoogleIdTokenProvider):
 
     def _fetch(self) -> Token:
         transport = _google_transport()
-        if self._session is None:
+        if self._source_credentials is None:
             import google.auth
 
-            source_credentials, _ = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
-            self._session = transport.AuthorizedSession(source_credentials)
+            self._source_credentials, _ = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
+        if self._session is None:
+            self._session = transport.AuthorizedSession(self._source_credentials)
         response = self._session.post(
             self._endpoint_url(),
             json={
@@ -188,12 +198,15 @@ class MLFlowGoogleIAMRequestHeaderProvider(_GoogleIdTokenProvider):
             ) from None
         return Token.from_jwt(value)
 
+    def _drop_connections(self) -> None:
+        self._session = None
+
     def _endpoint_url(self) -> str:
         if self.iam_endpoint:
             return self.iam_endpoint.format(service_account=self.service_account)
         from google.auth import credentials, iam
 
-        universe = getattr(self._session.credentials, "universe_domain", None)
+        universe = getattr(self._source_credentials, "universe_domain", None)
         template = iam._IAM_IDTOKEN_ENDPOINT
         if universe:
             template = template.replace(credentials.DEFAULT_UNIVERSE_DOMAIN, universe)

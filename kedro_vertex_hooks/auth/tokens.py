@@ -82,8 +82,14 @@ _caches: weakref.WeakSet[TokenCache] = weakref.WeakSet()
 class TokenCache:
     """One token per provider; ``get()`` refreshes it ahead of expiry under a lock."""
 
-    def __init__(self, fetch: Callable[[], Token], description: str) -> None:
+    def __init__(
+        self,
+        fetch: Callable[[], Token],
+        description: str,
+        after_fork: Callable[[], None] | None = None,
+    ) -> None:
         self._fetch = fetch
+        self._after_fork = after_fork
         self._description = description
         self._lock = threading.Lock()
         self._token: Token | None = None
@@ -126,8 +132,10 @@ class TokenCache:
             self._token = fresh
             return fresh
 
-    def _reset_lock_after_fork(self) -> None:
+    def _reset_after_fork(self) -> None:
         self._lock = threading.Lock()
+        if self._after_fork is not None:
+            self._after_fork()
 
 
 def _due(token: Token, now: float) -> bool:
@@ -142,10 +150,11 @@ def _due(token: Token, now: float) -> bool:
     return now >= token.expires_at - ahead
 
 
-def _reset_locks_in_child() -> None:
-    # A lock held by another thread at fork time would never be released in the child.
+def _reset_in_child() -> None:
+    # A lock held by another thread at fork time would never be released in the child, and
+    # pooled connections inherited from the parent must not be shared with it.
     for cache in list(_caches):
-        cache._reset_lock_after_fork()
+        cache._reset_after_fork()
 
 
-os.register_at_fork(after_in_child=_reset_locks_in_child)
+os.register_at_fork(after_in_child=_reset_in_child)
