@@ -75,7 +75,6 @@ def install_header_provider(config: Any, kedro_context: Any = None) -> Installed
     """
     global _installed
     with _lock:
-        _warn_about_overriding_env()
         if config.type is None:
             _unregister()
             return None
@@ -92,6 +91,7 @@ def install_header_provider(config: Any, kedro_context: Any = None) -> Installed
         ):
             _register(current.provider)
             return current
+        _warn_about_overriding_env()
         installation = _build_and_check(config, kedro_context, key)
         _unregister()
         _register(installation.provider)
@@ -135,8 +135,8 @@ def _build_and_check(config: Any, kedro_context: Any, key: str) -> InstalledProv
     """Instantiate the provider and ask it once for its header (fail fast, never leak)."""
     provider_class = resolve_provider_class(config.type)
     class_path = f"{provider_class.__module__}.{provider_class.__qualname__}"
-    audience = config.init_kwargs.get("client_id")
-    what = f"Request header provider {config.type!r} ({class_path}), audience {audience!r}"
+    audience = config.init_kwargs.get("client_id") or config.init_kwargs.get("audience")
+    what = _naming(config.type, class_path, audience)
     kwargs = dict(config.init_kwargs)
     if config.pass_context:
         kwargs["kedro_context"] = kedro_context
@@ -145,7 +145,7 @@ def _build_and_check(config: Any, kedro_context: Any, key: str) -> InstalledProv
     except Exception as exc:
         raise AuthError(f"{what} cannot be created: {describe_cause(exc)}") from None
     audience = getattr(provider, "audience", None) or audience
-    what = f"Request header provider {config.type!r} ({class_path}), audience {audience!r}"
+    what = _naming(config.type, class_path, audience)
     headers: Any = {}
     try:
         active = bool(provider.in_context())
@@ -170,6 +170,11 @@ def _build_and_check(config: Any, kedro_context: Any, key: str) -> InstalledProv
         provider=provider,
         config_key=key,
     )
+
+
+def _naming(provider_type: str, class_path: str, audience: Any) -> str:
+    where = f", audience {audience!r}" if audience else ""
+    return f"Request header provider {provider_type!r} ({class_path}){where}"
 
 
 def _expiry_of(provider: Any, header_values: tuple[str, ...]) -> datetime | None:
