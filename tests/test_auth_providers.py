@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -91,6 +92,24 @@ def test_tokens_expiring_during_a_run_are_refreshed_with_no_request_rejected(
     assert len(adc.proxy.tokens_seen) >= 3  # the run outlived at least two tokens
     assert adc.google.issued == len(adc.proxy.tokens_seen)  # one fetch per token, not per call
     assert len(client.get_metric_history(run.info.run_id, "heartbeat")) == requests_made
+
+
+def test_artifacts_upload_and_download_through_the_proxy(
+    adc: AuthStack, registry: None, tmp_path: Path
+) -> None:
+    install_header_provider(
+        RequestHeaderProviderConfig(type="gcp-oauth", init_kwargs={"client_id": AUDIENCE})
+    )
+    client = MlflowClient(adc.proxy.url)
+    run_id = client.create_run(client.create_experiment("artifacts")).info.run_id
+    model = tmp_path / "model.bin"
+    model.write_bytes(os.urandom(3 * 1024 * 1024))
+
+    client.log_artifact(run_id, str(model), "models")
+    downloaded = client.download_artifacts(run_id, "models/model.bin", str(tmp_path / "back"))
+
+    assert Path(downloaded).read_bytes() == model.read_bytes()
+    assert adc.proxy.rejections == []
 
 
 def test_iam_token_is_for_the_service_account_with_email(adc: AuthStack) -> None:
