@@ -33,6 +33,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -84,6 +85,7 @@ class Sample:
     bytes_total: int
     connections: int
     by_endpoint: dict[str, int]
+    request_ms_median: float | None  # what one request really cost, server time included
     sequence: list[tuple[float, str, int | None]] = field(default_factory=list)
 
 
@@ -474,6 +476,11 @@ def _sample(
         bytes_total=stats.bytes_total,
         connections=stats.connections,
         by_endpoint=stats.by_endpoint,
+        request_ms_median=(
+            round(statistics.median(r.seconds for r in stats.records) * 1000, 1)
+            if stats.records
+            else None
+        ),
         sequence=[
             (round((r.started - first) * 1000, 1), r.endpoint, r.status) for r in stats.records
         ],
@@ -534,6 +541,7 @@ def summarise(
                         else 0.0
                     ),
                     "requests_per_node": round(sum(s.requests for s in runs) / node_count, 2),
+                    "request_ms_median": _median_or_none(s.request_ms_median for s in runs),
                     "bytes_per_node": round(sum(s.bytes_total for s in runs) / node_count),
                     "connections_per_process": round(
                         statistics.mean(s.connections for s in runs), 2
@@ -551,6 +559,10 @@ def summarise(
             row["ratio_overhead_vs_kedro_mlflow"] = _ratio(
                 row["overhead_ms_per_node"], anchor["overhead_ms_per_node"]
             )
+            row["ratio_overhead_excl_import_vs_kedro_mlflow"] = _ratio(
+                row["overhead_ms_per_node_excl_client_import"],
+                anchor["overhead_ms_per_node_excl_client_import"],
+            )
             row["ratio_requests_vs_kedro_mlflow"] = _ratio(
                 row["requests_per_node"], anchor["requests_per_node"]
             )
@@ -558,6 +570,11 @@ def summarise(
                 row["bytes_per_node"], anchor["bytes_per_node"]
             )
     return rows
+
+
+def _median_or_none(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), 1) if present else None
 
 
 def _ratio(ours: float, theirs: float) -> float | None:
@@ -578,30 +595,41 @@ def check_targets(
         targets.append({"target": name, "figure": figure, "limit": limit, "met": met})
 
     inproc, pernode = row("in-process"), row("per-node")
-    target(
-        "in-process overhead per node (ms) <= one round trip",
-        inproc["overhead_ms_per_node"],
-        latency_ms,
-        inproc["overhead_ms_per_node"] <= latency_ms,
-    )
+    per_step_limit = 2 * pernode["nodes_per_process"] + 2
+    # A round trip is the proxy's latency; on a loaded machine the server adds its own time,
+    # so each time target is also judged against what a request really took in those runs.
+    for rtt_label, inproc_rtt, pernode_rtt in (
+        ("proxy latency", latency_ms, latency_ms),
+        (
+            "measured request time",
+            inproc["request_ms_median"] or latency_ms,
+            pernode["request_ms_median"] or latency_ms,
+        ),
+    ):
+        target(
+            f"in-process overhead per node (ms) <= one round trip ({rtt_label})",
+            inproc["overhead_ms_per_node"],
+            inproc_rtt,
+            inproc["overhead_ms_per_node"] <= inproc_rtt,
+        )
+        target(
+            "per-node extra step time beyond client import (ms) <= "
+            f"{per_step_limit} round trips ({rtt_label})",
+            pernode["overhead_ms_per_node_excl_client_import"],
+            round(per_step_limit * pernode_rtt, 1),
+            pernode["overhead_ms_per_node_excl_client_import"] <= per_step_limit * pernode_rtt,
+        )
     target(
         "in-process requests per node <= 2",
         inproc["requests_per_node"],
         2,
         inproc["requests_per_node"] <= 2,
     )
-    per_step_limit = 2 * pernode["nodes_per_process"] + 2
     target(
         "per-node requests per step <= 2 per node + 2",
         pernode["requests_per_node"] * pernode["nodes_per_process"],
         per_step_limit,
         pernode["requests_per_node"] * pernode["nodes_per_process"] <= per_step_limit,
-    )
-    target(
-        "per-node extra step time beyond client import (ms) <= that many round trips",
-        pernode["overhead_ms_per_node_excl_client_import"],
-        per_step_limit * latency_ms,
-        pernode["overhead_ms_per_node_excl_client_import"] <= per_step_limit * latency_ms,
     )
     for r in (inproc, pernode):
         ratio = r.get("ratio_overhead_vs_kedro_mlflow")
@@ -650,19 +678,23 @@ def markdown(result: dict) -> str:
         "steps. Overhead = extra wall time vs the no-tracking process run next to it, per node "
         "(median of pairs); 'excl. import' also subtracts the contender's import of the MLflow "
         f"client ({imports_text}), spread over the nodes of one process; CPU = extra user+system "
-        "time (less sensitive to machine load than wall time).",
+        "time (less sensitive to machine load than wall time); request time = median time one "
+        "request took through the proxy in those runs (latency + server time).",
         "",
         "| mode | contender | wall min (s) | wall median (s) | overhead / node (ms) "
-        "| excl. client import (ms) | CPU / node (ms) | requests / node | bytes / node "
-        "| ours / kedro-mlflow: overhead | requests | bytes |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| excl. client import (ms) | CPU / node (ms) | requests / node | request time (ms) "
+        "| bytes / node "
+        "| ours / kedro-mlflow: overhead | excl. import | requests | bytes |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['mode']} | {r['contender']} | {r['wall_min_s']} | {r['wall_median_s']} "
             f"| {r['overhead_ms_per_node']} | {r['overhead_ms_per_node_excl_client_import']} "
-            f"| {r['cpu_overhead_ms_per_node']} | {r['requests_per_node']} | {r['bytes_per_node']} "
+            f"| {r['cpu_overhead_ms_per_node']} | {r['requests_per_node']} "
+            f"| {_fmt(r['request_ms_median'])} | {r['bytes_per_node']} "
             f"| {_fmt(r.get('ratio_overhead_vs_kedro_mlflow'))} "
+            f"| {_fmt(r.get('ratio_overhead_excl_import_vs_kedro_mlflow'))} "
             f"| {_fmt(r.get('ratio_requests_vs_kedro_mlflow'))} "
             f"| {_fmt(r.get('ratio_bytes_vs_kedro_mlflow'))} |"
         )
@@ -747,7 +779,13 @@ def main() -> None:
     parser.add_argument("--skip-wide", action="store_true", help="skip the 1000-param node")
     parser.add_argument("--workdir", default=str(BENCHMARK_DIR / "results" / "work"))
     parser.add_argument("--latest-md", default=str(BENCHMARK_DIR / "LATEST.md"))
+    parser.add_argument(
+        "--report-only", metavar="JSON", help="only redo the tables from a results JSON file"
+    )
     args = parser.parse_args()
+    if args.report_only:
+        report(json.loads(Path(args.report_only).read_text()), Path(args.latest_md))
+        return
     args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
     if BASELINE not in args.contenders or OURS not in args.contenders:
         parser.error(f"--contenders must include {BASELINE} and {OURS}")
@@ -773,7 +811,6 @@ def main() -> None:
     finally:
         bench.close()
 
-    rows = summarise(bench.samples, args.contenders, client_import)
     result = {
         "config": {
             "command": command.strip(),
@@ -804,23 +841,31 @@ def main() -> None:
             for c in args.contenders
         ],
         "calibration": calibration,
-        "rows": rows,
         "wide": wide,
         "imports": imports,
         "client_import_s": client_import,
         "params_logged": params_logged,
-        "targets": {
-            c: check_targets(rows, wide, imports, args.latency_ms, c)
-            for c in args.contenders
-            if c.startswith(OURS)
-        },
         "samples": [asdict(s) for s in bench.samples],
+    }
+    report(result, Path(args.latest_md))
+
+
+def report(result: dict, latest_md: Path) -> None:
+    """Compute rows and targets from the samples; write the JSON and the markdown."""
+    samples = [Sample(**s) for s in result["samples"]]
+    contenders = result["config"]["contenders"]
+    rows = summarise(samples, contenders, result["client_import_s"])
+    result["rows"] = rows
+    result["targets"] = {
+        c: check_targets(rows, result["wide"], result["imports"], result["config"]["latency_ms"], c)
+        for c in contenders
+        if c.startswith(OURS)
     }
     results_dir = BENCHMARK_DIR / "results"
     results_dir.mkdir(exist_ok=True)
     (results_dir / "latest.json").write_text(json.dumps(result, indent=1))
     text = markdown(result)
-    Path(args.latest_md).write_text(text)
+    latest_md.write_text(text)
     print()
     print(text)
     print(f"Took {result['machine']['seconds']} s. JSON: {results_dir / 'latest.json'}")

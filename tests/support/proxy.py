@@ -47,6 +47,7 @@ class RequestRecord:
     bytes_to_client: int
     fault: FaultKind | None
     started: float  # time.monotonic()
+    seconds: float  # from the request head to the last byte answered, latency included
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
                         bytes_to_client=self.wfile.count - written_before,
                         fault=self._record["fault"],
                         started=self._record["started"],
+                        seconds=time.monotonic() - self._record["started"],
                     )
                 )
 
