@@ -40,7 +40,6 @@ class _GoogleIdTokenProvider(RequestHeaderProviderWithKedroContext):
         kedro_context: Any = None,
         client_id: str | None = None,
         header: str = "Authorization",
-        timeout_s: float = 30.0,
         **params: Any,
     ) -> None:
         super().__init__(kedro_context, client_id=client_id, header=header, **params)
@@ -53,7 +52,6 @@ class _GoogleIdTokenProvider(RequestHeaderProviderWithKedroContext):
             raise AuthError(f"header must be one of {HEADERS_ACCEPTED_BY_IAP}, not {header!r}")
         self.audience = str(client_id)
         self.header = header
-        self.timeout_s = float(timeout_s)
         self._cache = TokenCache(
             self._fetch_safely, f"{type(self).__name__}({self.audience})", self._drop_connections
         )
@@ -66,13 +64,8 @@ class _GoogleIdTokenProvider(RequestHeaderProviderWithKedroContext):
 
     @property
     def token_expiry(self) -> datetime | None:
-        token = self._cache.token
-        return token.expiry if token is not None else None
-
-    @property
-    def fetch_count(self) -> int:
-        """How many times a token was requested from Google (for ``doctor`` and tests)."""
-        return self._cache.fetch_count
+        """Expiry of the token held now (``doctor`` shows it)."""
+        return self._cache.expiry
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(audience={self.audience!r}, header={self.header!r})"
@@ -141,6 +134,7 @@ class MLFlowGoogleIAMRequestHeaderProvider(_GoogleIdTokenProvider):
         service_account: str | None = None,
         delegates: list[str] | None = None,
         iam_endpoint: str | None = None,
+        timeout_s: float = 30.0,
         **params: Any,
     ):
         super().__init__(
@@ -149,6 +143,7 @@ class MLFlowGoogleIAMRequestHeaderProvider(_GoogleIdTokenProvider):
             service_account=service_account,
             delegates=delegates,
             iam_endpoint=iam_endpoint,
+            timeout_s=timeout_s,
             **params,
         )
         if not service_account:
@@ -159,6 +154,7 @@ class MLFlowGoogleIAMRequestHeaderProvider(_GoogleIdTokenProvider):
         self.service_account = str(service_account)
         self.delegates = [str(delegate) for delegate in delegates or ()]
         self.iam_endpoint = iam_endpoint
+        self.timeout_s = float(timeout_s)
         self._source_credentials: Any = None
         self._session: Any = None
 

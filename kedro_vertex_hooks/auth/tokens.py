@@ -80,7 +80,8 @@ _caches: weakref.WeakSet[TokenCache] = weakref.WeakSet()
 
 
 class TokenCache:
-    """One token per provider; ``get()`` refreshes it ahead of expiry under a lock."""
+    """One token per provider with google-auth's ``valid`` and ``expiry``; ``get()``
+    refreshes only when due, one thread at a time."""
 
     def __init__(
         self,
@@ -93,44 +94,45 @@ class TokenCache:
         self._description = description
         self._lock = threading.Lock()
         self._token: Token | None = None
-        self.fetch_count = 0
         _caches.add(self)
 
     @property
-    def token(self) -> Token | None:
-        """The token held now, if any (for ``doctor``); never triggers a fetch."""
-        return self._token
-
-    def valid(self, now: float | None = None) -> bool:
+    def valid(self) -> bool:
         """True while the held token is not yet due for refresh."""
         token = self._token
-        return token is not None and not _due(token, time.time() if now is None else now)
+        return token is not None and not _due(token, time.time())
+
+    @property
+    def expiry(self) -> datetime | None:
+        """Expiry of the held token, if any; never triggers a fetch."""
+        token = self._token
+        return token.expiry if token is not None else None
 
     def get(self) -> Token:
-        token = self._token
-        if token is not None and not _due(token, time.time()):
-            return token
-        with self._lock:
-            token = self._token  # another thread may have refreshed while we waited
+        if not self.valid:
+            with self._lock:
+                if not self.valid:  # another thread may have refreshed while we waited
+                    return self._refresh_locked()
+        return self._token  # type: ignore[return-value]
+
+    def _refresh_locked(self) -> Token:
+        current = self._token
+        try:
+            fresh = self._fetch()
+        except Exception as exc:
             now = time.time()
-            if token is not None and not _due(token, now):
-                return token
-            try:
-                self.fetch_count += 1
-                fresh = self._fetch()
-            except Exception as exc:
-                if token is not None and token.expires_at is not None and now < token.expires_at:
-                    logger.warning(
-                        "Refreshing the token for %s failed (%s); the current token is valid "
-                        "for %.0f s more and is used meanwhile.",
-                        self._description,
-                        describe_cause(exc, (token.value,)),
-                        token.expires_at - now,
-                    )
-                    return token
+            if current is None or current.expires_at is None or now >= current.expires_at:
                 raise
-            self._token = fresh
-            return fresh
+            logger.warning(
+                "Refreshing the token for %s failed (%s); the current token is valid "
+                "for %.0f s more and is used meanwhile.",
+                self._description,
+                describe_cause(exc, (current.value,)),
+                current.expires_at - now,
+            )
+            return current
+        self._token = fresh
+        return fresh
 
     def _reset_after_fork(self) -> None:
         self._lock = threading.Lock()
