@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 from kedro_mlflow.config.kedro_mlflow_config import KedroMlflowConfig
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from mlflow.tracking.request_header.registry import (
     _request_header_provider_registry,
     resolve_request_headers,
@@ -25,7 +26,9 @@ from mlflow.tracking.request_header.registry import (
 from kedro_vertex_hooks.auth import (
     AuthError,
     ensure_single_registration,
+    explain_refusal,
     install_header_provider,
+    installed_provider,
     registered_provider_names,
 )
 from kedro_vertex_hooks.auth.gcp import MLFlowGoogleOauthRequestHeaderProvider
@@ -231,6 +234,7 @@ def test_worker_process_installs_from_the_config_as_json(adc: AuthStack, tmp_pat
     code = """
 import sys
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from kedro_vertex_hooks.auth import ensure_single_registration
 from kedro_vertex_hooks.config import RequestHeaderProviderConfig
 config = RequestHeaderProviderConfig.model_validate_json(sys.argv[1])
@@ -278,3 +282,29 @@ print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} & {"mlflow", "goo
 
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
+
+
+def test_a_refused_call_is_explained_in_words(adc: AuthStack) -> None:
+    client = MlflowClient(adc.proxy.url)
+    with pytest.raises(MlflowException) as without_provider:
+        client.search_experiments()
+    wrong = "5678-other.apps.googleusercontent.com"
+    install_header_provider(
+        RequestHeaderProviderConfig(type="gcp-oauth", init_kwargs={"client_id": wrong})
+    )
+    with pytest.raises(MlflowException) as wrong_audience:
+        client.search_experiments()
+
+    assert explain_refusal(without_provider.value, None) == (
+        "The tracking server answered HTTP 401 with a sign-in page: it needs authentication, "
+        "but mlflow.yml configures no server.request_header_provider (e.g. type: gcp-oauth "
+        "with init_kwargs.client_id)."
+    )
+    explained = explain_refusal(wrong_audience.value, installed_provider())
+    assert explained is not None
+    assert f"provider 'gcp-oauth' sent Authorization for audience '{wrong}'" in explained
+    assert [rejection.reason for rejection in adc.proxy.rejections] == [
+        "no credentials",
+        f"audience '{wrong}' is not '{AUDIENCE}'",
+    ]
+    assert explain_refusal(MlflowException("RESOURCE_DOES_NOT_EXIST: no run"), None) is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from kedro_vertex_hooks.auth.diagnose import explain_refusal
 from kedro_vertex_hooks.auth.errors import AuthError, redact_header_value
 from kedro_vertex_hooks.auth.install import (
     InstalledProvider,
@@ -27,6 +28,7 @@ __all__ = [
     "InstalledProvider",
     "RequestHeaderProviderWithKedroContext",
     "ensure_single_registration",
+    "explain_refusal",
     "install_header_provider",
     "installed_provider",
     "redact_header_value",
