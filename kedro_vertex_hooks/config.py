@@ -182,7 +182,7 @@ def _load(context: Any, name: str, patterns: list[str]) -> tuple[dict[str, Any],
     except MissingConfigException:
         return {}, source
     except Exception as exc:  # YAML syntax errors and the like, from OmegaConf/yaml
-        raise ConfigError(f"Cannot read {source}: {exc}") from None
+        raise ConfigError(f"Cannot read {source} (a YAML mapping is expected): {exc}") from None
     if raw is None:
         return {}, source
     if not isinstance(raw, Mapping):

@@ -98,13 +98,20 @@ class MlflowRunHooks:
         if _passive or self._config is None or self._source is None:
             return
         from kedro_vertex_hooks.session import TrackingSession
+        from kedro_vertex_hooks.writer import TrackingUnreachableError
 
         self._catalog = catalog
         name = _pipeline_name(run_params)
         self._pipeline_nodes = pipeline_node_names(name) or [n.name for n in pipeline.nodes]
-        self._session = TrackingSession.open(
-            self._config, self.options, self._source, self._context, name
-        )
+        try:
+            self._session = TrackingSession.open(
+                self._config, self.options, self._source, self._context, name
+            )
+        except TrackingUnreachableError as exc:
+            if not self.options.run_untracked_if_unreachable:
+                raise
+            logger.warning("%s Running this step UNTRACKED: nothing of it reaches MLflow.", exc)
+            return
         self._session_pid = os.getpid()
         self._restore_env = self._session.export_to_children()
         logger.info(

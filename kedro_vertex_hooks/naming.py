@@ -57,14 +57,14 @@ def legal_key(raw: str, max_length: int = MAX_KEY_LENGTH) -> str:
 
     Characters outside ``[/\\w.\\- :]`` become ``_``; repeated slashes collapse and leading or
     trailing slashes are dropped; ``..`` becomes ``__``. A key longer than ``max_length`` keeps
-    its start and ends with ``~`` and a hash of the original, so distinct long keys stay
+    its start and ends with ``-`` and a hash of the original, so distinct long keys stay
     distinct.
     """
     key = _ILLEGAL_KEY_CHARS.sub("_", raw)
     key = _REPEATED_SLASHES.sub("/", key).strip("/")
     key = key.replace("..", "__") or "_"
     if len(key) > max_length:
-        key = key[: max_length - _HASH_LENGTH - 1] + "~" + _short_hash(raw)
+        key = key[: max_length - _HASH_LENGTH - 1] + "-" + _short_hash(raw)
     return key
 
 
@@ -89,7 +89,9 @@ def trim(value: str, limit: int) -> str:
 
 def clean_text(text: str) -> str:
     """Text that encodes as UTF-8: lone surrogates (undecodable bytes) become U+FFFD."""
-    return text.encode("utf-8", "replace").decode("utf-8") if _has_surrogates(text) else text
+    if not _has_surrogates(text):
+        return text
+    return "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in text)
 
 
 def _has_surrogates(text: str) -> bool:
@@ -117,14 +119,14 @@ def _to_text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, (set, frozenset)):
-        return str(sorted((_plain(v) for v in value), key=repr))
-    return str(_plain(value))
+        return str(sorted((plain_data(v) for v in value), key=repr))
+    return str(plain_data(value))
 
 
-def _plain(value: Any) -> Any:
+def plain_data(value: Any) -> Any:
     """Convert library objects (numpy, pydantic, dataclasses) into plain Python data."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: plain_data(getattr(value, f.name)) for f in dataclasses.fields(value)}
     model_dump = getattr(value, "model_dump", None)
     if callable(model_dump) and not isinstance(value, type):
         return model_dump()
@@ -132,7 +134,7 @@ def _plain(value: Any) -> Any:
     if callable(tolist) and type(value).__module__.startswith("numpy"):
         return tolist()
     if isinstance(value, (set, frozenset)):
-        return sorted((_plain(v) for v in value), key=repr)
+        return sorted((plain_data(v) for v in value), key=repr)
     return value
 
 

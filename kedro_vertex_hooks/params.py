@@ -22,6 +22,7 @@ from kedro_vertex_hooks.naming import (
     legal_key,
     node_key,
     node_params,
+    plain_data,
     trim,
     value_to_text,
 )
@@ -58,11 +59,40 @@ def prepare_params(
         key = legal_key(str(raw_key))
         if key != raw_key:
             logger.debug("Parameter key %r logged as %r (MLflow key rules)", raw_key, key)
-        value = SECRET_MASK if is_secret_key(key, patterns) else value_to_text(raw_value)
+        if is_secret_key(key, patterns):
+            value = SECRET_MASK
+        else:
+            value = value_to_text(without_secrets(raw_value, patterns))
         if len(value) > MAX_PARAM_VALUE_LENGTH:
             value = _long_value(key, value, config.long_params_strategy, prepared)
         prepared.params[key] = value
     return prepared
+
+
+def without_secrets(value: Any, patterns: tuple[str, ...]) -> Any:
+    """``value`` with entries under secret-looking keys masked, at any depth.
+
+    Flattening only reaches dicts: a list of dicts, an unflattened dict, a dataclass or a
+    pydantic model would otherwise carry a password into the logged text. Returned as is
+    when it holds no secret, so its text stays what ``str(value)`` gives.
+    """
+    try:
+        plain = plain_data(value)
+    except Exception:  # a user's broken object: value_to_text names it by its type
+        return value
+    if isinstance(plain, Mapping):
+        masked: Any = {
+            key: SECRET_MASK if is_secret_key(str(key), patterns) else without_secrets(v, patterns)
+            for key, v in plain.items()
+        }
+        changed = any(masked[key] is not v for key, v in plain.items())
+    elif isinstance(plain, (list, tuple)):
+        masked = [without_secrets(v, patterns) for v in plain]
+        changed = any(new is not old for new, old in zip(masked, plain, strict=True))
+        masked = masked if isinstance(plain, list) else tuple(masked)
+    else:
+        return value
+    return masked if changed else value
 
 
 def _long_value(key: str, value: str, strategy: str, prepared: PreparedParams) -> str:

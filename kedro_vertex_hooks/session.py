@@ -61,7 +61,14 @@ from kedro_vertex_hooks.resolve import (
     find_or_create_job_run,
     job_tags,
 )
-from kedro_vertex_hooks.writer import RunWriter, Write, retry_transient
+from kedro_vertex_hooks.writer import (
+    RunWriter,
+    TrackingUnreachableError,
+    Write,
+    is_transient,
+    retry_transient,
+    short_error,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -211,11 +218,25 @@ class TrackingSession:
         """Resolve and check the run (retrying through a short outage) and connect to it."""
         client = connect(config, options, kedro_context)
         what = f"Tracking URI {config.tracking_uri}"
-        run, _ = retry_transient(
-            lambda: _resolve(client, config, options, source, pipeline_name),
-            options.outage_budget_s,
-            what,
-        )
+        try:
+            run, _ = retry_transient(
+                lambda: _resolve(client, config, options, source, pipeline_name),
+                options.outage_budget_s,
+                what,
+            )
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            hint = (
+                ""
+                if options.run_untracked_if_unreachable
+                else " Set MlflowRunHooks(run_untracked_if_unreachable=True) to run untracked."
+            )
+            raise TrackingUnreachableError(
+                f"Cannot resolve the MLflow run ({source.describe()}): the tracking server at "
+                f"{config.tracking_uri} did not answer within {options.outage_budget_s:.0f} s "
+                f"(outage_budget_s): {short_error(exc)}.{hint}"
+            ) from None
         spec = SessionSpec(
             tracking_uri=config.tracking_uri,
             run_id=run.run_id,
@@ -303,12 +324,8 @@ class TrackingSession:
     def _first_failure_tags(self, node_name: str | None, error: BaseException) -> dict[str, str]:
         """``kedro.failed_node``/``kedro.error``, unless an earlier failure already set them."""
         self.writer.flush()
-        run, _ = retry_transient(
-            lambda: self.client.get_run(self.run_id),
-            self.options.outage_budget_s,
-            f"MLflow run {self.run_id}",
-        )
-        if TAG_FAILED_NODE in run.data.tags:
+        run = self.writer.read_run()
+        if run is None or TAG_FAILED_NODE in run.data.tags:
             return {}
         tags = {TAG_ERROR: error_text(error)}
         if node_name:
@@ -323,14 +340,10 @@ class TrackingSession:
     def finish_step(self, pipeline_nodes: Iterable[str]) -> str:
         """After the last node of this step: set the status the whole run now deserves."""
         self.writer.flush()
+        target: str | None = None
         if self.source.mode == "local":
-            target: str | None = FINISHED
-        else:
-            run, _ = retry_transient(
-                lambda: self.client.get_run(self.run_id),
-                self.options.outage_budget_s,
-                f"MLflow run {self.run_id}",
-            )
+            target = FINISHED
+        elif run := self.writer.read_run():
             target = step_end_status(run.info.status, run.data.tags, pipeline_nodes)
         if target:
             self.writer.submit(Write(status=target), wait=True)

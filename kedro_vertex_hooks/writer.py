@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from kedro_vertex_hooks.naming import (
     MAX_TAG_VALUE_LENGTH,
+    TAG_NODE_STATUS,
     TAG_PARAM_CONFLICT,
     node_key,
     trim,
@@ -26,10 +28,14 @@ from kedro_vertex_hooks.naming import (
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities import Run
 
 logger = logging.getLogger(__name__)
 
 _CONFLICT_MESSAGE = "Changing param values is not allowed"
+# "API request to <url> failed with exception HTTPConnectionPool(...): Max retries exceeded
+# with url: ... (Caused by ResponseError('too many 503 error responses'))"
+_HTTP_CAUSE = re.compile(r"^(?P<request>.*?) failed with exception .*\(Caused by (?P<cause>.*)\)$")
 T = TypeVar("T")
 
 
@@ -38,7 +44,11 @@ class ParamConflictError(Exception):
 
 
 class TrackingError(Exception):
-    """A write could not be delivered within the outage budget (raised in strict mode only)."""
+    """A write or read of the run failed (raised in strict mode only; otherwise logged)."""
+
+
+class TrackingUnreachableError(TrackingError):
+    """The tracking server did not answer within the outage budget."""
 
 
 @dataclass
@@ -54,6 +64,11 @@ class Write:
     def is_empty(self) -> bool:
         return not (self.params or self.tags or self.metrics or self.status or self.artifact)
 
+    def size(self) -> int:
+        """How many values this write carries (params, tags, metrics, status, artifact)."""
+        extra = (self.status is not None) + (self.artifact is not None)
+        return len(self.params) + len(self.tags) + len(self.metrics) + extra
+
     def merge(self, other: Write) -> None:
         self.params.update(other.params)
         self.tags.update(other.tags)
@@ -62,6 +77,8 @@ class Write:
 
 @dataclass
 class DeliveryReport:
+    """What one step wrote, counted in values (params, tags, metrics, statuses, artifacts)."""
+
     delivered: int = 0
     delivered_late: int = 0
     given_up: int = 0
@@ -70,10 +87,40 @@ class DeliveryReport:
 
     def summary(self) -> str:
         text = (
-            f"{self.delivered} write(s) delivered, {self.delivered_late} of them late "
+            f"{self.delivered} value(s) delivered, {self.delivered_late} of them late "
             f"after a tracking outage, {self.given_up} given up"
         )
         return text + (f" (last error: {self.last_error})" if self.last_error else "")
+
+
+class OutageClock:
+    """One outage budget for everything a step sends: it starts at the first failed call and
+    ends at the next success, so a long outage is waited out once, not once per write."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+        self._since: float | None = None
+        self._lock = threading.Lock()
+
+    def remaining_s(self) -> float:
+        with self._lock:
+            if self._since is None:
+                return self.budget_s
+            return max(0.0, self.budget_s - (time.monotonic() - self._since))
+
+    def failed(self) -> bool:
+        """Record a failed call; True if it starts a new outage."""
+        with self._lock:
+            if self._since is not None:
+                return False
+            self._since = time.monotonic()
+            return True
+
+    def recovered(self) -> float | None:
+        """Record a successful call; the outage's length if one just ended."""
+        with self._lock:
+            since, self._since = self._since, None
+        return None if since is None else time.monotonic() - since
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -97,31 +144,42 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (OSError, TimeoutError))
 
 
-def retry_transient(action: Callable[[], T], budget_s: float, what: str) -> tuple[T, bool]:
-    """Call ``action``, retrying transient errors with backoff for up to ``budget_s``.
+def retry_transient(
+    action: Callable[[], T], budget_s: float, what: str, clock: OutageClock | None = None
+) -> tuple[T, bool]:
+    """Call ``action``, retrying transient errors with backoff while the budget lasts.
 
-    Returns the result and whether it needed retries; the last error is raised when the
-    budget is spent or the error is not transient.
+    The budget is ``budget_s`` from now, or what is left of ``clock``'s outage budget (a
+    spent budget still allows one attempt). Returns the result and whether it needed retries;
+    the last error is raised when the budget is spent or the error is not transient.
     """
-    deadline = time.monotonic() + budget_s
+    clock = clock or OutageClock(budget_s)
+    deadline = time.monotonic() + clock.remaining_s()
     delay = 0.5
     attempt = 0
     while True:
         try:
-            return action(), attempt > 0
+            result = action()
         except Exception as exc:
-            if not is_transient(exc) or time.monotonic() + delay > deadline:
+            if not is_transient(exc):
                 raise
-            attempt += 1
-            if attempt == 1:
+            if clock.failed():
                 logger.warning(
                     "%s: tracking server not answering (%s); retrying for up to %.0f s",
                     what,
                     short_error(exc),
-                    budget_s,
+                    clock.remaining_s(),
                 )
+            if time.monotonic() + delay > deadline:
+                raise
+            attempt += 1
             time.sleep(delay)
             delay = min(delay * 2, 8.0)
+            continue
+        outage_s = clock.recovered()
+        if outage_s is not None:
+            logger.info("%s: tracking server answering again after %.1f s", what, outage_s)
+        return result, attempt > 0 or outage_s is not None
 
 
 class RunWriter:
@@ -129,6 +187,11 @@ class RunWriter:
 
     ``known_params`` is what the run held when it was read at start; equal re-logs are dropped
     before sending and different values become conflicts instead of failing the batch.
+
+    Through an outage, writes wait in the queue and are retried within ``outage_budget_s``
+    (one budget per outage, shared by every write and read of the step). What cannot be
+    delivered is given up with a warning, never an exception, unless ``strict``: then writes
+    are synchronous and any tracking error is raised into the step.
     """
 
     def __init__(
@@ -146,11 +209,13 @@ class RunWriter:
         self.run_id = run_id
         self._known_params = dict(known_params)
         self._outage_budget_s = outage_budget_s
+        self._clock = OutageClock(outage_budget_s)
         self._on_param_conflict = on_param_conflict
         self._strict = strict
         self._background = background and not strict
         self.report = DeliveryReport()
         self._lock = threading.Lock()
+        self._sent_statuses: dict[str, str] = {}
         self._start_queue()
 
     # -- public surface -------------------------------------------------------------------
@@ -164,7 +229,10 @@ class RunWriter:
             self._queue.put(write)
             return
         self.flush()
-        self._deliver(write)
+        if self._strict:
+            self._deliver(write)
+        else:
+            self._deliver_logged(write, in_caller=True)
 
     def flush(self, timeout_s: float | None = None) -> bool:
         """Deliver everything queued so far; False if ``timeout_s`` ran out first."""
@@ -173,18 +241,51 @@ class RunWriter:
             return True
         done = threading.Event()
         self._queue.put(done)
-        return done.wait(timeout_s if timeout_s is not None else self._outage_budget_s + 30)
+        return done.wait(timeout_s if timeout_s is not None else self._outage_budget_s + 60)
+
+    def read_run(self) -> Run | None:
+        """The run as the server holds it now, read through an outage like a write.
+
+        A request that timed out may still reach the server later and overwrite a newer
+        value: node status tags this writer sent that read differently are written again.
+        None (with a warning) when the run cannot be read; in strict mode the error is raised.
+        """
+        what = f"MLflow run {self.run_id}"
+        try:
+            run = self._call(lambda: self._client.get_run(self.run_id), what)[0]
+            overwritten = {
+                key: value
+                for key, value in self._sent_statuses.items()
+                if run.data.tags.get(key) != value
+            }
+            if not overwritten:
+                return run
+            logger.warning(
+                "%s: a late copy of an earlier write overwrote %s; writing them again",
+                what,
+                ", ".join(sorted(overwritten)),
+            )
+            self._deliver(Write(tags=overwritten))
+            return self._call(lambda: self._client.get_run(self.run_id), what)[0]
+        except Exception as exc:
+            if self._strict:
+                raise
+            self.report.last_error = short_error(exc)
+            logger.warning("%s: cannot read the run: %s", what, self.report.last_error)
+            return None
 
     def close(self, timeout_s: float | None = None) -> DeliveryReport:
         """Flush, stop the background thread and log what was late or lost."""
         finished = self.flush(timeout_s)
+        if not finished:
+            with self._lock:
+                waiting = [item for item in list(self._queue.queue) if isinstance(item, Write)]
+                self.report.given_up += sum(item.size() for item in waiting)
         if self._background and self._pid == os.getpid():
             self._queue.put(None)
-        if not finished:
-            self.report.given_up += self._queue.qsize()
         if self.report.delivered_late or self.report.given_up:
-            level = logging.WARNING if self.report.given_up else logging.INFO
-            logger.log(level, "MLflow run %s: %s", self.run_id, self.report.summary())
+            # A warning even when all arrived late: the step's log is where users look.
+            logger.warning("MLflow run %s: %s", self.run_id, self.report.summary())
         return self.report
 
     # -- queue handling -------------------------------------------------------------------
@@ -232,38 +333,44 @@ class RunWriter:
             if batch is not None:
                 self._deliver_logged(batch)
 
-    def _deliver_logged(self, write: Write) -> None:
+    def _deliver_logged(self, write: Write, in_caller: bool = False) -> None:
+        """Deliver, or record the write as given up: tracking must not fail the node.
+
+        A parameter conflict with ``on_param_conflict="fail"`` is raised when delivering on
+        the caller's thread; the background thread can only record it.
+        """
         try:
             self._deliver(write)
-        except Exception as exc:  # background thread: never dies, records instead
-            self.report.given_up += 1
-            self.report.last_error = short_error(exc)
-            logger.warning(
-                "MLflow run %s: a write was given up: %s", self.run_id, self.report.last_error
-            )
+        except Exception as exc:
+            if in_caller and isinstance(exc, ParamConflictError):
+                raise
+            size = write.size()
+            message = str(exc) if isinstance(exc, TrackingError) else short_error(exc)
+            with self._lock:
+                self.report.given_up += size
+                self.report.last_error = message
+            logger.warning("MLflow run %s: %d value(s) given up: %s", self.run_id, size, message)
 
     # -- delivery -------------------------------------------------------------------------
     def _deliver(self, write: Write) -> None:
+        size = write.size()
         with self._lock:
-            late = self._with_retries(lambda: self._send(write))
-        self.report.delivered += 1
-        if late:
-            self.report.delivered_late += 1
+            _, late = self._call(lambda: self._send(write), f"MLflow run {self.run_id}")
+            self.report.delivered += size
+            if late:
+                self.report.delivered_late += size
 
-    def _with_retries(self, action: Callable[[], None]) -> bool:
-        """Run ``action`` through an outage; True if it was delivered late."""
+    def _call(self, action: Callable[[], T], what: str) -> tuple[T, bool]:
+        """Run ``action`` through an outage on the writer's clock; (result, was it late)."""
         try:
-            _, late = retry_transient(action, self._outage_budget_s, f"MLflow run {self.run_id}")
+            return retry_transient(action, self._outage_budget_s, what, self._clock)
         except Exception as exc:
-            if is_transient(exc):
-                self.report.last_error = short_error(exc)
-                if self._strict:
-                    raise TrackingError(
-                        f"MLflow run {self.run_id}: tracking server unreachable for "
-                        f"{self._outage_budget_s:.0f} s: {short_error(exc)}"
-                    ) from None
-            raise
-        return late
+            if not is_transient(exc):
+                raise
+            raise TrackingUnreachableError(
+                f"{what}: tracking server unreachable for {self._outage_budget_s:.0f} s "
+                f"(outage_budget_s): {short_error(exc)}"
+            ) from None
 
     def _send(self, write: Write) -> None:
         from mlflow.entities import Metric, Param, RunTag
@@ -287,6 +394,10 @@ class RunWriter:
             self._send(write)
             return
         self._known_params.update(params)
+        status_prefix = TAG_NODE_STATUS + "."
+        self._sent_statuses.update(
+            (k, v) for k, v in write.tags.items() if k.startswith(status_prefix)
+        )
         if write.artifact:
             path, folder = write.artifact
             self._client.log_artifact(self.run_id, path, folder)
@@ -316,7 +427,11 @@ class RunWriter:
 
 
 def short_error(exc: BaseException) -> str:
+    """``<Type>: <first line>``; MLflow's connection errors shortened to the URL and cause."""
     text = str(exc).splitlines()[0] if str(exc) else ""
+    cause = _HTTP_CAUSE.search(text)
+    if cause:
+        text = f"{cause.group('request')} failed: {cause.group('cause')}"
     return f"{type(exc).__name__}: {trim(text, 300)}"
 
 

@@ -1,0 +1,179 @@
+"""RunWriter against a real MLflow server behind the loopback proxy: batching, outages,
+budgets, strict mode, parameter conflicts and late copies of old writes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from kedro_vertex_hooks.naming import TAG_NODE_STATUS, TAG_PARAM_CONFLICT, node_key
+from kedro_vertex_hooks.writer import (
+    ParamConflictError,
+    RunWriter,
+    TrackingUnreachableError,
+    Write,
+)
+from tests.support.proxy import MlflowProxy
+
+LOG_BATCH = "POST /api/2.0/mlflow/runs/log-batch"
+STATUS = node_key(TAG_NODE_STATUS, "train")
+
+
+@pytest.fixture(autouse=True)
+def quick_http(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's own HTTP retries, as the package sets them for a step, without the backoff."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+@pytest.fixture(scope="module")
+def proxy(mlflow_server) -> Iterator[MlflowProxy]:
+    with MlflowProxy(mlflow_server.uri, latency_s=0) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def fresh_proxy(proxy: MlflowProxy) -> Iterator[None]:
+    proxy.up()
+    proxy.clear_faults()
+    proxy.reset_stats()
+    yield
+    proxy.up()
+    proxy.clear_faults()
+
+
+@pytest.fixture
+def run_id(client, request: pytest.FixtureRequest) -> str:
+    experiment_id = client.create_experiment(f"writer-{request.node.name}")
+    return client.create_run(experiment_id).info.run_id
+
+
+def make_writer(proxy: MlflowProxy, run_id: str, **overrides) -> RunWriter:
+    from mlflow import MlflowClient
+
+    options = {
+        "background": True,
+        "outage_budget_s": 20.0,
+        "on_param_conflict": "tag",
+        "strict": False,
+        **overrides,
+    }
+    return RunWriter(MlflowClient(tracking_uri=proxy.uri), run_id, {}, **options)
+
+
+def log_batches(proxy: MlflowProxy) -> int:
+    proxy.wait_idle()
+    return proxy.stats().by_endpoint.get(LOG_BATCH, 0)
+
+
+def test_queued_writes_go_in_few_requests(client, proxy, run_id):
+    writer = make_writer(proxy, run_id)
+    proxy.down()  # hold the queue while it fills, then let it drain at once
+    for index in range(50):
+        writer.submit(Write(params={f"p{index}": str(index)}, metrics={f"m{index}": index}))
+    proxy.up()
+    report = writer.close()
+    data = client.get_run(run_id).data
+    assert len(data.params) == 50
+    assert len(data.metrics) == 50
+    assert report.delivered == 100
+    assert report.given_up == 0
+    assert log_batches(proxy) <= 2  # the first write, then everything that queued behind it
+
+
+def test_an_outage_is_waited_out_and_reported_as_late(client, proxy, run_id, caplog):
+    writer = make_writer(proxy, run_id)
+    writer.submit(Write(tags={STATUS: "running"}))
+    writer.flush()
+    proxy.down(seconds=3)
+    writer.submit(Write(params={"alpha": "1"}, tags={STATUS: "completed"}))
+    with caplog.at_level(logging.INFO, logger="kedro_vertex_hooks.writer"):
+        report = writer.close()
+    data = client.get_run(run_id).data
+    assert data.params["alpha"] == "1"
+    assert data.tags[STATUS] == "completed"
+    assert (report.delivered, report.delivered_late, report.given_up) == (3, 2, 0)
+    assert "3 value(s) delivered, 2 of them late after a tracking outage, 0 given up" in (
+        caplog.text
+    )
+    assert "tracking server answering again" in caplog.text
+
+
+def test_past_the_budget_writes_are_given_up_and_the_budget_is_not_waited_twice(
+    client, proxy, run_id, caplog
+):
+    writer = make_writer(proxy, run_id, background=False, outage_budget_s=2)
+    proxy.fail(503, path_contains="runs/log-batch")
+    writer.submit(Write(params={"a": "1"}, tags={"t": "x"}))  # never raises: non-strict
+    assert writer.report.given_up == 2
+    proxy.reset_stats()
+    writer.submit(Write(params={"b": "2"}))
+    # The outage's budget is spent: one call (MLflow's attempt and two retries), no waiting.
+    assert log_batches(proxy) == 3
+    report = writer.close()
+    assert report.given_up == 3
+    assert "too many 503 error responses" in (report.last_error or "")
+    assert "3 given up" in caplog.text
+    # The server answers again: the next write goes through at once.
+    proxy.clear_faults()
+    writer.submit(Write(params={"c": "3"}))
+    assert client.get_run(run_id).data.params == {"c": "3"}
+
+
+def test_strict_mode_raises_instead_of_giving_up(proxy, run_id):
+    writer = make_writer(proxy, run_id, strict=True, outage_budget_s=1)
+    proxy.fail(503, path_contains="runs/")
+    with pytest.raises(TrackingUnreachableError, match=r"unreachable for 1 s \(outage_budget_s\)"):
+        writer.submit(Write(params={"a": "1"}))
+    with pytest.raises(TrackingUnreachableError):
+        writer.read_run()
+
+
+def test_a_run_that_cannot_be_read_is_none_with_a_warning(proxy, run_id, caplog):
+    writer = make_writer(proxy, run_id, outage_budget_s=1)
+    proxy.fail(503, path_contains="runs/get")
+    assert writer.read_run() is None
+    assert "cannot read the run" in caplog.text
+
+
+def test_a_param_another_step_logged_differently_becomes_a_conflict_tag(client, proxy, run_id):
+    client.log_param(run_id, "seed", "42")  # another container, after this one read the run
+    writer = make_writer(proxy, run_id, background=False)
+    writer.submit(Write(params={"seed": "7", "rows": "10"}))
+    data = client.get_run(run_id).data
+    assert data.params == {"seed": "42", "rows": "10"}
+    assert data.tags[node_key(TAG_PARAM_CONFLICT, "seed")] == "7"
+    assert writer.report.conflicts == ["seed"]
+    # Same value again (a retried step): silent, nothing sent for it.
+    writer.submit(Write(params={"seed": "42"}))
+    assert writer.report.conflicts == ["seed"]
+
+
+def test_a_conflict_fails_the_caller_when_configured(client, proxy, run_id):
+    client.log_param(run_id, "seed", "42")
+    writer = make_writer(proxy, run_id, background=False, on_param_conflict="fail")
+    with pytest.raises(ParamConflictError, match=r"'seed' is already logged .* '42'.*'7'"):
+        writer.submit(Write(params={"seed": "7"}))
+
+
+def test_a_late_copy_of_an_old_status_is_overwritten_again(
+    client, proxy, run_id, caplog, monkeypatch
+):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+    writer = make_writer(proxy, run_id, background=False)
+    # The first request is answered after the client gave up (1 s): MLflow sends it again,
+    # and the server still applies the first copy 3 s later, after the newer status.
+    proxy.slow(3, count=1, path_contains="runs/log-batch")
+    writer.submit(Write(tags={STATUS: "running"}))
+    writer.submit(Write(tags={STATUS: "completed"}))
+    proxy.wait_idle(timeout_s=10)
+    assert client.get_run(run_id).data.tags[STATUS] == "running"  # the stale copy landed
+
+    run = writer.read_run()
+    assert run is not None
+    assert run.data.tags[STATUS] == "completed"
+    assert client.get_run(run_id).data.tags[STATUS] == "completed"
+    assert "a late copy of an earlier write overwrote" in caplog.text
