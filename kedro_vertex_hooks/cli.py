@@ -221,7 +221,9 @@ def finalize_command(
 @click.option("--env", "-e", default=None, help=ENV_HELP)
 @click.pass_obj
 def doctor_command(metadata: Any, env: str | None) -> None:
-    """Show where runs go and check that the tracking server answers."""
+    """Show where runs go, the auth header (redacted) and whether the server accepts a call."""
+    from kedro_vertex_hooks.auth import explain_refusal, installed_provider
+
     with (
         _one_line_errors("doctor"),
         _project(metadata, env) as (context, config, options),
@@ -229,5 +231,16 @@ def doctor_command(metadata: Any, env: str | None) -> None:
         click.echo(f"Tracking URI: {config.tracking_uri} ({config.tracking_uri_source})")
         click.echo(f"Experiment:   {config.experiment_name}")
         click.echo(f"Run:          {RunSource.from_env().describe()}")
-        _connect(config, options, context).search_experiments(max_results=1)
-    click.echo("Tracking server: answers")
+        client = _connect(config, options, context)  # a provider that fails stops here
+        provider = installed_provider()
+        for line in provider.describe() if provider else ["request header provider: none"]:
+            click.echo(f"Auth:         {line}")
+        try:
+            client.search_experiments(max_results=1)
+        except Exception as exc:
+            reason = explain_refusal(exc, provider)
+            if reason is None:
+                raise
+            raise click.ClickException(f"doctor: {reason}") from None
+    kind = "an authenticated call" if provider else "a call"
+    click.echo(f"Tracking server: {config.tracking_uri} answered {kind}")
