@@ -107,6 +107,8 @@ def apply_http_defaults(options: HookOptions) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(options.http_timeout_s)))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(options.http_max_retries))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    # set_terminated would otherwise read the run once more only to print its URL.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def connect(
