@@ -147,7 +147,7 @@ class MlflowRunHooks:
     def after_node_run(self, node: Any) -> None:
         session = self._here()
         if session is not None:
-            session.node_completed(node.name)
+            session.node_ran(node.name, node.outputs)
 
     @hook_impl
     def on_node_error(self, error: Exception, node: Any) -> None:
@@ -156,13 +156,14 @@ class MlflowRunHooks:
             session.node_failed(node.name, error)
 
     @hook_impl
-    def after_dataset_saved(self, dataset_name: str, data: Any) -> None:
-        if dataset_name not in self.options.logged_datasets:
-            return
+    def after_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:
         session = self._here()
-        if session is not None:
+        if session is None:
+            return
+        if dataset_name in self.options.logged_datasets:
             dataset = self._catalog.get(dataset_name) if self._catalog is not None else None
             session.dataset_saved(dataset_name, dataset, data)
+        session.output_saved(node.name, dataset_name)
 
     @hook_impl
     def after_pipeline_run(self) -> None:

@@ -197,6 +197,7 @@ class TrackingSession:
         self._lock = threading.Lock()
         self._pending_run_tags: dict[str, str] = {}
         self._failure_recorded = False
+        self._saving: dict[str, tuple[set[str], Write]] = {}  # node -> outputs not yet saved
         self.writer = RunWriter(
             client,
             spec.run_id,
@@ -289,11 +290,35 @@ class TrackingSession:
         }
         self.writer.submit(Write(params=prepared.params, tags=tags))
 
-    def node_completed(self, node_name: str) -> None:
-        self.writer.submit(self._node_end(node_name, NODE_COMPLETED))
+    def node_ran(self, node_name: str, outputs: Iterable[str]) -> None:
+        """The node's function returned: it is ``completed`` once its outputs are saved.
+
+        Kedro saves outputs after ``after_node_run``; a failed save must fail the node, not
+        a node already reported as completed.
+        """
+        write = self._node_end(node_name, NODE_COMPLETED)
+        pending = set(outputs)
+        if not pending:
+            self.writer.submit(write)
+            return
+        with self._lock:
+            self._saving[node_name] = (pending, write)
+
+    def output_saved(self, node_name: str, dataset_name: str) -> None:
+        with self._lock:
+            entry = self._saving.get(node_name)
+            if entry is None:
+                return
+            entry[0].discard(dataset_name)
+            if entry[0]:
+                return
+            del self._saving[node_name]
+        self.writer.submit(entry[1])
 
     def node_failed(self, node_name: str, error: BaseException) -> None:
         """Record the failure and mark the run FAILED now, synchronously: it must not wait."""
+        with self._lock:
+            self._saving.pop(node_name, None)
         write = self._node_end(node_name, NODE_FAILED)
         write.tags.update(self._first_failure_tags(node_name, error))
         write.status = FAILED
@@ -337,7 +362,7 @@ class TrackingSession:
     # -- step end --------------------------------------------------------------------------
     def in_flight_nodes(self) -> list[str]:
         with self._lock:
-            return list(self._started)
+            return [*self._started, *self._saving]
 
     def finish_step(self, pipeline_nodes: Iterable[str]) -> str:
         """After the last node of this step: set the status the whole run now deserves."""

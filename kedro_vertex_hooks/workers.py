@@ -53,10 +53,10 @@ class SpawnWorkerHooks:
             hooks.after_node_run(node=node)
 
     @hook_impl
-    def after_dataset_saved(self, dataset_name: str, data: Any) -> None:
+    def after_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:
         hooks = self._delegate()
         if hooks is not None:
-            hooks.after_dataset_saved(dataset_name=dataset_name, data=data)
+            hooks.after_dataset_saved(dataset_name=dataset_name, data=data, node=node)
 
     @hook_impl
     def on_node_error(self, error: Exception, node: Any) -> None:

@@ -179,3 +179,23 @@ def test_every_runner_logs_into_the_one_run(client, mlflow_server, project, runn
         assert node_key(METRIC_NODE_DURATION, name) in run.data.metrics
     experiment_id = run.info.experiment_id
     assert len(client.search_runs([experiment_id])) == 1
+
+
+def test_a_node_whose_output_cannot_be_saved_is_the_failed_node(client, mlflow_server, project):
+    run_id = new_run(client, "save-fails")
+    env = base_env(MLFLOW_TRACKING_URI=mlflow_server.uri, MLFLOW_RUN_ID=run_id)
+    assert_ok(project.run_nodes(SAMPLE_NODES[:-1], env))
+    # Kedro saves outputs after after_node_run: the node must not be reported completed.
+    (project.root / "conf" / "local" / "catalog.yml").write_text(
+        "publication:\n"
+        "  type: sample_project.datasets.JSONFile\n"
+        "  filepath: /proc/kedro-vertex-hooks/publication.json\n"
+    )
+    result = project.run_nodes(["publish"], env)
+    assert result.returncode != 0
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags[node_key(TAG_NODE_STATUS, "publish")] == "failed"
+    assert run.data.tags[TAG_FAILED_NODE] == "publish"
+    assert run.data.tags[TAG_ERROR].startswith("FileNotFoundError: ")
+    assert "/proc/kedro-vertex-hooks" in run.data.tags[TAG_ERROR]
