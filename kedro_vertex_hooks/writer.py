@@ -44,7 +44,7 @@ class ParamConflictError(Exception):
 
 
 class TrackingError(Exception):
-    """A write or read of the run failed (raised in strict mode only; otherwise logged)."""
+    """Tracking failed: raised into the step at start-up or in strict mode, else logged."""
 
 
 class TrackingUnreachableError(TrackingError):
@@ -108,12 +108,13 @@ class OutageClock:
                 return self.budget_s
             return max(0.0, self.budget_s - (time.monotonic() - self._since))
 
-    def failed(self) -> bool:
-        """Record a failed call; True if it starts a new outage."""
+    def failed(self, started: float) -> bool:
+        """Record a call started at ``started`` (monotonic) that failed; True if it starts a
+        new outage."""
         with self._lock:
             if self._since is not None:
                 return False
-            self._since = time.monotonic()
+            self._since = started
             return True
 
     def recovered(self) -> float | None:
@@ -147,33 +148,35 @@ def is_transient(exc: BaseException) -> bool:
 def retry_transient(
     action: Callable[[], T], budget_s: float, what: str, clock: OutageClock | None = None
 ) -> tuple[T, bool]:
-    """Call ``action``, retrying transient errors with backoff while the budget lasts.
+    """Call ``action``, retrying transient errors with backoff while the outage budget lasts.
 
-    The budget is ``budget_s`` from now, or what is left of ``clock``'s outage budget (a
-    spent budget still allows one attempt). Returns the result and whether it needed retries;
-    the last error is raised when the budget is spent or the error is not transient.
+    The budget is ``clock``'s (shared by the calls of a step), else ``budget_s`` for this
+    call; it counts from the start of the first failed attempt, and a spent budget still
+    allows one attempt. Returns the result and whether it came late (after retries or an
+    outage); the last error is raised when the budget is spent or the error is not transient.
     """
     clock = clock or OutageClock(budget_s)
-    deadline = time.monotonic() + clock.remaining_s()
     delay = 0.5
     attempt = 0
     while True:
+        started = time.monotonic()
         try:
             result = action()
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            if clock.failed():
+            if clock.failed(started):
                 logger.warning(
                     "%s: tracking server not answering (%s); retrying for up to %.0f s",
                     what,
                     short_error(exc),
-                    clock.remaining_s(),
+                    clock.budget_s,
                 )
-            if time.monotonic() + delay > deadline:
+            left = clock.remaining_s()
+            if left <= 0:
                 raise
             attempt += 1
-            time.sleep(delay)
+            time.sleep(min(delay, left))
             delay = min(delay * 2, 8.0)
             continue
         outage_s = clock.recovered()

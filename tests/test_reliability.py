@@ -9,6 +9,7 @@ is in the default suite; ``-m soak`` adds a longer one (server away past most of
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import time
@@ -212,6 +213,7 @@ def test_503_answers_and_slow_answers_are_retried_until_delivered(
     assert run.data.params["cleaning.clip.low"] == "-5.0"
     for name in ("make_raw_data", "clean_data"):
         assert run.data.tags[node_key(TAG_NODE_STATUS, name)] == NODE_COMPLETED
+    proxy.wait_idle(timeout_s=10)  # the last slowed request is answered after the client left
     faults = [r.fault for r in proxy.stats().records if r.fault]
     assert faults.count("status") == 16
     assert faults.count("delay") == 3
@@ -319,7 +321,8 @@ def test_16_steps_started_together_lose_nothing(client, tmp_path, mlflow_server,
     for result in results:
         assert_ok(result)
         assert "already logged" not in result[1]
-        assert "given up" not in result[1]
+        # A busy server may answer late (delivered late is fine); nothing may be given up.
+        assert not re.search(r"[1-9][0-9]* given up", result[1]), result[1][-4000:]
 
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"

@@ -177,3 +177,19 @@ def test_a_late_copy_of_an_old_status_is_overwritten_again(
     assert run.data.tags[STATUS] == "completed"
     assert client.get_run(run_id).data.tags[STATUS] == "completed"
     assert "a late copy of an earlier write overwrote" in caplog.text
+
+
+@pytest.mark.parametrize("fault", ["cut", "reset"])
+def test_cut_and_reset_connections_are_retried_without_a_conflict(client, proxy, run_id, fault):
+    writer = make_writer(proxy, run_id, background=False)
+    # "cut": the server applied the batch but the answer was lost; "reset": it never saw it.
+    # Three in a row outlast MLflow's own two retries, so the writer retries too.
+    getattr(proxy, fault)(count=3, path_contains="runs/log-batch")
+    writer.submit(Write(params={"seed": "42"}, tags={STATUS: "completed"}, metrics={"m": 1.0}))
+    data = client.get_run(run_id).data
+    assert data.params == {"seed": "42"}
+    assert data.tags[STATUS] == "completed"
+    assert data.metrics["m"] == 1.0
+    assert not [key for key in data.tags if key.startswith(TAG_PARAM_CONFLICT)]
+    assert (writer.report.delivered_late, writer.report.given_up) == (3, 0)
+    assert writer.report.conflicts == []
