@@ -1,4 +1,4 @@
-"""No token anywhere: sample_project run node by node through the IAP-like proxy with the
+"""No token anywhere: sample_project run in four containers through the IAP-like proxy with the
 gcp-oauth provider and short-lived tokens from the fake metadata server, one node failing,
 everything logged at DEBUG. Then every token the proxy accepted is searched for in what the
 pipeline produced: log output, exception texts, tags, params, metric names, artifacts, the
@@ -16,6 +16,16 @@ from kedro_vertex_hooks.naming import TAG_ERROR, TAG_FAILED_NODE
 from tests.support.auth_stack import AUDIENCE, AuthStack, google_free_env
 from tests.support.generated_project import write_logging_config
 from tests.support.project import REPO, SAMPLE_STEPS, Project
+
+ALL_NODES = [name for step in SAMPLE_STEPS for name in step]
+GATE = ALL_NODES.index("quality_gate")
+# Four containers: two groups of nodes, the gate failing once, then the gate and the last node.
+STEPS = [
+    (ALL_NODES[:5], ()),
+    (ALL_NODES[5:GATE], ()),
+    (["quality_gate"], ("--params", "failure.fail=true")),
+    (ALL_NODES[GATE:], ()),
+]
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +65,10 @@ def test_no_token_reaches_logs_tags_params_artifacts_or_errors(
     )
 
     outputs: list[str] = []
-    for step in SAMPLE_STEPS:
-        if step == ("quality_gate",):  # a failing node first: its exception text is scanned
-            failed = project.run_nodes(step, env, "--params", "failure.fail=true")
-            assert failed.returncode != 0
-            outputs.append(failed.stdout + failed.stderr)
-        for code, output in project.run_together([[name] for name in step], env):
-            assert code == 0, output[-4000:]
-            outputs.append(output)
+    for nodes, extra in STEPS:
+        result = project.run_nodes(nodes, env, *extra)
+        outputs.append(result.stdout + result.stderr)
+        assert (result.returncode == 0) != ("failure.fail=true" in extra), outputs[-1][-4000:]
 
     tokens = set(stack.proxy.tokens_seen)
     assert len(tokens) >= 3  # really authenticated, with refreshes
