@@ -59,9 +59,8 @@ class MlflowServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow server exited early: {(self.workdir / 'server.log').read_text()[-2000:]}"
-                )
+                log_tail = (self.workdir / "server.log").read_text()[-2000:]
+                raise RuntimeError(f"mlflow server exited early: {log_tail}")
             try:
                 if requests.get(self.uri + "/health", timeout=1).ok:
                     return self

@@ -61,7 +61,7 @@ def train_tree(rows: Rows, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _mae(predictions: list[float], rows: Rows) -> float:
-    return sum(abs(p - row["y"]) for p, row in zip(predictions, rows)) / len(rows)
+    return sum(abs(p - row["y"]) for p, row in zip(predictions, rows, strict=True)) / len(rows)
 
 
 def evaluate_linear(model: dict[str, float], rows: Rows) -> dict[str, float]:
