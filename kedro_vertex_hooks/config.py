@@ -15,10 +15,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from kedro_vertex_hooks.errors import UserError
 from kedro_vertex_hooks.naming import DEFAULT_SECRET_PATTERNS
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """A configuration file or option is wrong; the message names the key and the file."""
 
 

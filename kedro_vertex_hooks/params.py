@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kedro_vertex_hooks.config import ParamsConfig
+from kedro_vertex_hooks.errors import UserError
 from kedro_vertex_hooks.naming import (
     MAX_PARAM_VALUE_LENGTH,
     MAX_TAG_VALUE_LENGTH,
@@ -30,7 +31,7 @@ from kedro_vertex_hooks.naming import (
 logger = logging.getLogger(__name__)
 
 
-class LongParamError(ValueError):
+class LongParamError(UserError, ValueError):
     """A value over MLflow's limit while ``long_params_strategy: fail`` is configured."""
 
 

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from kedro_vertex_hooks.errors import UserError
 from kedro_vertex_hooks.naming import TAG_JOB_ID, TAG_JOB_NAME
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ _RUN_ID_PATTERN = re.compile(r"^[a-zA-Z0-9][\w\-]{0,255}$")
 Mode = Literal["resume", "job", "local"]
 
 
-class RunResolutionError(Exception):
+class RunResolutionError(UserError):
     """The run cannot be used; the message names the run id and the tracking URI."""
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from kedro_vertex_hooks.errors import UserError
 from kedro_vertex_hooks.naming import (
     MAX_TAG_VALUE_LENGTH,
     TAG_NODE_STATUS,
@@ -39,11 +40,11 @@ _HTTP_CAUSE = re.compile(r"^(?P<request>.*?) failed with exception .*\(Caused by
 T = TypeVar("T")
 
 
-class ParamConflictError(Exception):
+class ParamConflictError(UserError):
     """A parameter already logged in the run with another value (``on_param_conflict="fail"``)."""
 
 
-class TrackingError(Exception):
+class TrackingError(UserError):
     """Tracking failed: raised into the step at start-up or in strict mode, else logged."""
 
 

@@ -160,6 +160,7 @@ def test_broken_configuration_fails_before_any_node_naming_file_and_key(
     assert expected in output
     assert f"conf/{{base,local}}/{file}.yml" in output
     assert "Running node" not in output
+    assert "Traceback" not in output  # Kedro's CLI prints one line: Error: ...
     assert client.get_run(run_id).data.params == {}
 
 

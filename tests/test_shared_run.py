@@ -138,6 +138,7 @@ def test_an_unusable_run_id_fails_before_any_node(client, mlflow_server, project
     assert run_id in output
     assert mlflow_server.uri in output
     assert "Running node" not in output
+    assert "Traceback" not in output  # one line: Error: ...
     assert not (project.root / "data" / "raw_data.json").exists()
 
 

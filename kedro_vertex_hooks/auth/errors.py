@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import re
 
+from kedro_vertex_hooks.errors import UserError
+
 _JWT = re.compile(r"eyJ[\w-]*\.[\w-]+\.[\w-]*")
 _SCHEME_AND_CREDENTIAL = re.compile(r"\b(Bearer|bearer|Basic)\s+[^\s,;'\"<]+")
 
 
-class AuthError(Exception):
+class AuthError(UserError):
     """A request header provider cannot be resolved, built or asked for its header."""
 
 
