@@ -38,6 +38,7 @@ _CONFLICT_MESSAGE = "Changing param values is not allowed"
 # with url: ... (Caused by ResponseError('too many 503 error responses'))"
 _HTTP_CAUSE = re.compile(r"^(?P<request>.*?) failed with exception .*\(Caused by (?P<cause>.*)\)$")
 T = TypeVar("T")
+LINGER_S = 0.02  # how long the background thread waits for more writes before sending
 
 
 class ParamConflictError(UserError):
@@ -312,6 +313,10 @@ class RunWriter:
         """Background loop: merge whatever is waiting into as few requests as possible."""
         while True:
             items = [self._queue.get()]
+            if isinstance(items[0], Write):
+                # Let writes made in quick succession (a short node's start and end, or the
+                # end of one node and the start of the next) share this request.
+                time.sleep(LINGER_S)
             while True:
                 try:
                     items.append(self._queue.get_nowait())

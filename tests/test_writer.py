@@ -84,6 +84,16 @@ def test_queued_writes_go_in_few_requests(client, proxy, run_id):
     assert log_batches(proxy) <= 2  # the first write, then everything that queued behind it
 
 
+def test_a_short_nodes_start_and_end_share_one_request(client, proxy, run_id):
+    writer = make_writer(proxy, run_id)
+    writer.submit(Write(params={"alpha": "1"}, tags={STATUS: "running"}))
+    writer.submit(Write(tags={STATUS: "completed"}, metrics={"duration": 0.001}))
+    writer.close()
+    assert log_batches(proxy) == 1
+    data = client.get_run(run_id).data
+    assert (data.params["alpha"], data.tags[STATUS]) == ("1", "completed")
+
+
 def test_an_outage_is_waited_out_and_reported_as_late(client, proxy, run_id, caplog):
     writer = make_writer(proxy, run_id)
     writer.submit(Write(tags={STATUS: "running"}))
