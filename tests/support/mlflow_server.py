@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -71,16 +72,16 @@ class MlflowServer:
         raise RuntimeError(f"mlflow server on {self.uri} not healthy after {timeout_s} s")
 
     def stop(self) -> None:
+        """SIGTERM the group, then SIGKILL whatever is left of it (its job consumers)."""
         if self._process is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self._process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self._process.wait(timeout=15)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self._process.pid, signal.SIGKILL)
-            self._process.wait(timeout=15)
+        self._process.wait(timeout=15)
         self._process = None
 
     def restart(self) -> None:
