@@ -40,6 +40,9 @@ NODE_COMPLETED = "completed"
 NODE_FAILED = "failed"
 NODE_LOST = "lost"
 
+# MLflow run statuses this package sets.
+RUN_RUNNING, RUN_FINISHED, RUN_FAILED, RUN_KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
+
 SECRET_MASK = "***"
 DEFAULT_SECRET_PATTERNS = ("password", "secret", "token", "api_key", "apikey", "credentials")
 

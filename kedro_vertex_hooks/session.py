@@ -38,6 +38,9 @@ from kedro_vertex_hooks.naming import (
     NODE_COMPLETED,
     NODE_FAILED,
     NODE_RUNNING,
+    RUN_FAILED,
+    RUN_FINISHED,
+    RUN_RUNNING,
     TAG_ERROR,
     TAG_FAILED_NODE,
     TAG_LATEST_NODE,
@@ -76,7 +79,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SESSION_ENV = "KEDRO_VERTEX_HOOKS_SESSION"
-RUNNING, FINISHED, FAILED = "RUNNING", "FINISHED", "FAILED"
+RUNNING, FINISHED, FAILED = RUN_RUNNING, RUN_FINISHED, RUN_FAILED
 
 
 def utc_now() -> str:
