@@ -29,6 +29,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from tests.support.loopback import serve, shut
+
 ISSUER = "https://accounts.google.com"
 DEFAULT_SERVICE_ACCOUNT = "runner@fake-project.iam.gserviceaccount.com"
 IAM_PATH_PREFIX = "/v1/projects/-/serviceAccounts/"
@@ -104,16 +106,12 @@ class FakeGoogle:
         class Handler(_Handler):
             google = fake
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = serve(Handler)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        shut(self._server)
+        self._server = None
 
     @property
     def host(self) -> str:

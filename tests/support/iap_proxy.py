@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.support.fake_google import ISSUER, verify_jwt
+from tests.support.loopback import serve, shut
 
 CHUNK = 64 * 1024
 HOP_BY_HOP = {
@@ -77,16 +78,12 @@ class IapProxy:
         class Handler(_ProxyHandler):
             gate = proxy
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = serve(Handler)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        shut(self._server)
+        self._server = None
 
     @property
     def url(self) -> str:
