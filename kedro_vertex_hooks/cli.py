@@ -93,9 +93,7 @@ def _one_line_errors(what: str) -> Iterator[None]:
 
         if isinstance(exc, (ConfigError, RunResolutionError)):
             message = " ".join(str(exc).split())
-        elif isinstance(exc, (ConnectionError, TimeoutError)) or (
-            is_transient(exc) and not isinstance(exc, OSError)
-        ):
+        elif is_transient(exc):
             message = f"the tracking server cannot be reached: {short_error(exc)}"
         else:
             message = short_error(exc)

@@ -144,7 +144,11 @@ def is_transient(exc: BaseException) -> bool:
                 "error code 429",
             )
         )
-    return isinstance(exc, (OSError, TimeoutError))
+    from requests.exceptions import RequestException
+
+    # Network errors only: a local file error (an artifact gone, no permission) is not an
+    # outage and must not be retried for the whole budget.
+    return isinstance(exc, (ConnectionError, TimeoutError, RequestException))
 
 
 def retry_transient(
