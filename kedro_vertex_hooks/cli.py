@@ -68,9 +68,9 @@ def _hook_options() -> HookOptions:
 
 
 def _connect(config: ProjectConfig, options: HookOptions, context: Any) -> MlflowClient:
-    from kedro_vertex_hooks.session import connect
+    from kedro_vertex_hooks.session import connect_mlflow
 
-    return connect(config, options, context)
+    return connect_mlflow(config, options, context)
 
 
 def _with_retries(action: Callable[[], T], budget_s: float, uri: str) -> T:

@@ -130,6 +130,7 @@ class HookOptions(_Strict):
     http_timeout_s: float = Field(default=10.0, gt=0)
     http_max_retries: int = Field(default=2, ge=0)
     run_search_settle_s: float = Field(default=1.0, ge=0)
+    use_mlflow_client: bool = False
 
     @property
     def logged_datasets(self) -> frozenset[str]:

@@ -17,8 +17,7 @@ from kedro_vertex_hooks.errors import UserError
 from kedro_vertex_hooks.naming import TAG_JOB_ID, TAG_JOB_NAME
 
 if TYPE_CHECKING:
-    from mlflow import MlflowClient
-    from mlflow.entities import Run
+    from kedro_vertex_hooks.rest_client import Run, TrackingClient
 
 ENV_RUN_ID = "MLFLOW_RUN_ID"
 ENV_JOB_ID = "KEDRO_CONFIG_RUN_ID"
@@ -93,15 +92,13 @@ def check_run_id_format(run_id: str, tracking_uri: str) -> None:
         )
 
 
-def fetch_run(client: MlflowClient, run_id: str, tracking_uri: str) -> ResolvedRun:
+def fetch_run(client: TrackingClient, run_id: str, tracking_uri: str) -> ResolvedRun:
     """Read the run once; a missing or deleted run is an error naming the id and the URI."""
-    from mlflow.exceptions import MlflowException
-
     check_run_id_format(run_id, tracking_uri)
     try:
         run = client.get_run(run_id)
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+    except Exception as exc:  # MLflow's or the REST client's error, both with error_code
+        if getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
             raise RunResolutionError(
                 f"MLflow run {run_id} does not exist at tracking URI {tracking_uri}. "
                 f"Check {ENV_RUN_ID} and that this step uses the same tracking server as the "
@@ -116,10 +113,8 @@ def fetch_run(client: MlflowClient, run_id: str, tracking_uri: str) -> ResolvedR
     return ResolvedRun.from_run(run)
 
 
-def ensure_experiment(client: MlflowClient, name: str) -> str:
+def ensure_experiment(client: TrackingClient, name: str) -> str:
     """Experiment id for ``name``, created if needed (safe when steps race to create it)."""
-    from mlflow.exceptions import MlflowException
-
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
@@ -127,8 +122,8 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
         return experiment.experiment_id
     try:
         return client.create_experiment(name)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+    except Exception as exc:
+        if getattr(exc, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
             raise
         found = client.get_experiment_by_name(name)
         if found is None:
@@ -136,7 +131,7 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
         return found.experiment_id
 
 
-def runs_for_job(client: MlflowClient, experiment_id: str, job_id: str) -> list[Run]:
+def runs_for_job(client: TrackingClient, experiment_id: str, job_id: str) -> list[Run]:
     """Active runs tagged with ``job_id``, oldest first, ties broken by run id."""
     escaped = job_id.replace("'", "\\'")
     runs = client.search_runs(
@@ -157,7 +152,7 @@ def job_tags(job_id: str | None, job_name: str | None) -> dict[str, str]:
 
 
 def find_or_create_job_run(
-    client: MlflowClient,
+    client: TrackingClient,
     experiment_id: str,
     job_id: str,
     job_name: str | None,

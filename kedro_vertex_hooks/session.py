@@ -64,6 +64,7 @@ from kedro_vertex_hooks.resolve import (
     find_or_create_job_run,
     job_tags,
 )
+from kedro_vertex_hooks.rest_client import RestTrackingClient, rest_client_unsuitable
 from kedro_vertex_hooks.writer import (
     RunWriter,
     TrackingUnreachableError,
@@ -74,7 +75,8 @@ from kedro_vertex_hooks.writer import (
 )
 
 if TYPE_CHECKING:
-    from mlflow import MlflowClient
+    from kedro_vertex_hooks.mlflow_client import MlflowTrackingClient
+    from kedro_vertex_hooks.rest_client import TrackingClient
 
 logger = logging.getLogger(__name__)
 
@@ -116,12 +118,41 @@ def apply_http_defaults(options: HookOptions) -> None:
 
 def connect(
     config: ProjectConfig | SessionSpec, options: HookOptions, kedro_context: Any = None
-) -> MlflowClient:
-    """An MlflowClient for the project's tracking URI, with its auth provider installed.
+) -> TrackingClient:
+    """The node steps' client for the project's tracking URI, with its auth provider installed.
 
-    The URI is also exported (``MLFLOW_TRACKING_URI``) so that worker processes and
-    kedro-mlflow's datasets talk to the same server.
+    An http(s) server is spoken to over REST without importing MLflow (which costs a step
+    0.6-1 s); ``MlflowRunHooks(use_mlflow_client=True)`` and what only MLflow's client can do
+    (a local store, an auth plugin) get ``MlflowClient``.
     """
+    _prepare_connection(config, options, kedro_context)
+    uri = config.tracking_uri
+    why_mlflow = (
+        "use_mlflow_client=True" if options.use_mlflow_client else rest_client_unsuitable(uri)
+    )
+    if why_mlflow is None:
+        os.environ["MLFLOW_TRACKING_URI"] = uri  # for worker processes and user code
+        return RestTrackingClient(uri)
+    logger.debug("Tracking through MlflowClient: %s", why_mlflow)
+    from kedro_vertex_hooks.mlflow_client import mlflow_tracking_client
+
+    return mlflow_tracking_client(uri)
+
+
+def connect_mlflow(
+    config: ProjectConfig, options: HookOptions, kedro_context: Any = None
+) -> MlflowTrackingClient:
+    """An ``MlflowClient`` for the CLI's commands, which also list and download artifacts."""
+    _prepare_connection(config, options, kedro_context)
+    from kedro_vertex_hooks.mlflow_client import mlflow_tracking_client
+
+    return mlflow_tracking_client(config.tracking_uri)
+
+
+def _prepare_connection(
+    config: ProjectConfig | SessionSpec, options: HookOptions, kedro_context: Any
+) -> None:
+    """Check the URI can be served here, bound MLflow's HTTP waits, install the provider."""
     uri = config.tracking_uri
     if uri.startswith("sqlite:") and importlib.util.find_spec("sqlalchemy") is None:
         raise ConfigError(
@@ -135,12 +166,6 @@ def connect(
         from kedro_vertex_hooks.auth import install_header_provider
 
         install_header_provider(provider, kedro_context if provider.pass_context else None)
-    import mlflow
-    from mlflow import MlflowClient
-
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    return MlflowClient(tracking_uri=uri)
 
 
 @dataclass(frozen=True)
@@ -182,7 +207,7 @@ class TrackingSession:
 
     def __init__(
         self,
-        client: MlflowClient,
+        client: TrackingClient,
         spec: SessionSpec,
         options: HookOptions,
         run: ResolvedRun | None,
@@ -414,7 +439,7 @@ def step_end_status(status: str, tags: Mapping[str, str], pipeline_nodes: Iterab
 
 
 def _resolve(
-    client: MlflowClient,
+    client: TrackingClient,
     config: ProjectConfig,
     options: HookOptions,
     source: RunSource,

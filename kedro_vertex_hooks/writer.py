@@ -3,7 +3,8 @@
 Hooks hand :class:`RunWriter` plain dicts; it turns them into as few ``log_batch`` requests as
 MLflow allows, keeps them through a server outage for a bounded time, resolves parameter
 conflicts, and reports at the end what was delivered late or given up. It only ever uses
-``MlflowClient`` with an explicit run id, never the fluent API's active run.
+a tracking client (REST or ``MlflowClient``) with an explicit run id, never the fluent API's
+active run.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import os
 import queue
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -26,10 +28,10 @@ from kedro_vertex_hooks.naming import (
     node_key,
     trim,
 )
+from kedro_vertex_hooks.rest_client import RestApiError
 
 if TYPE_CHECKING:
-    from mlflow import MlflowClient
-    from mlflow.entities import Run
+    from kedro_vertex_hooks.rest_client import Run, TrackingClient
 
 logger = logging.getLogger(__name__)
 
@@ -128,12 +130,14 @@ class OutageClock:
 
 def is_transient(exc: BaseException) -> bool:
     """True for errors worth retrying: no connection, timeouts, 5xx and 429 answers."""
-    from mlflow.exceptions import MlflowException, RestException
-
-    if isinstance(exc, RestException):
-        status = exc.get_http_status_code()
+    mlflow_exceptions = sys.modules.get("mlflow.exceptions")  # never import MLflow for this
+    rest_errors: tuple[type[BaseException], ...] = (RestApiError,)
+    if mlflow_exceptions is not None:
+        rest_errors += (mlflow_exceptions.RestException,)
+    if isinstance(exc, rest_errors):
+        status = exc.get_http_status_code()  # type: ignore[attr-defined]
         return status >= 500 or status == 429
-    if isinstance(exc, MlflowException):
+    if mlflow_exceptions is not None and isinstance(exc, mlflow_exceptions.MlflowException):
         text = str(exc)
         return any(
             sign in text
@@ -205,7 +209,7 @@ class RunWriter:
 
     def __init__(
         self,
-        client: MlflowClient,
+        client: TrackingClient,
         run_id: str,
         known_params: Mapping[str, str],
         *,
@@ -386,20 +390,17 @@ class RunWriter:
             ) from None
 
     def _send(self, write: Write) -> None:
-        from mlflow.entities import Metric, Param, RunTag
-        from mlflow.exceptions import MlflowException
-
         params = self._new_params(write)
-        now_ms = int(time.time() * 1000)
         try:
-            self._client.log_batch(
+            self._client.log_values(
                 self.run_id,
-                metrics=[Metric(k, float(v), now_ms, 0) for k, v in write.metrics.items()],
-                params=[Param(k, v) for k, v in params.items()],
-                tags=[RunTag(k, v) for k, v in write.tags.items()],
+                params=params,
+                tags=write.tags,
+                metrics={k: float(v) for k, v in write.metrics.items()},
+                timestamp_ms=int(time.time() * 1000),
             )
-        except MlflowException as exc:
-            if _CONFLICT_MESSAGE not in str(exc):
+        except Exception as exc:
+            if _CONFLICT_MESSAGE not in str(exc) or is_transient(exc):
                 raise
             # Another container logged one of these keys since we read the run: refresh once.
             self._known_params.update(self._client.get_run(self.run_id).data.params)

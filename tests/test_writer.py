@@ -4,11 +4,13 @@ budgets, strict mode, parameter conflicts and late copies of old writes."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from kedro_vertex_hooks.mlflow_client import MlflowTrackingClient
 from kedro_vertex_hooks.naming import TAG_NODE_STATUS, TAG_PARAM_CONFLICT, node_key
+from kedro_vertex_hooks.rest_client import RestTrackingClient
 from kedro_vertex_hooks.writer import (
     ParamConflictError,
     RunWriter,
@@ -51,17 +53,26 @@ def run_id(client, request: pytest.FixtureRequest) -> str:
     return client.create_run(experiment_id).info.run_id
 
 
-def make_writer(proxy: MlflowProxy, run_id: str, **overrides) -> RunWriter:
-    from mlflow import MlflowClient
+@pytest.fixture(params=["rest", "mlflow"])
+def make_writer(request: pytest.FixtureRequest) -> Callable[..., RunWriter]:
+    """Writers over either client the hooks use: REST in node steps, MlflowClient otherwise."""
 
-    options = {
-        "background": True,
-        "outage_budget_s": 20.0,
-        "on_param_conflict": "tag",
-        "strict": False,
-        **overrides,
-    }
-    return RunWriter(MlflowClient(tracking_uri=proxy.uri), run_id, {}, **options)
+    def make(proxy: MlflowProxy, run_id: str, **overrides) -> RunWriter:
+        if request.param == "rest":
+            client = RestTrackingClient(proxy.uri)
+        else:
+            client = MlflowTrackingClient(tracking_uri=proxy.uri)
+        return RunWriter(client, run_id, {}, **{**WRITER_OPTIONS, **overrides})
+
+    return make
+
+
+WRITER_OPTIONS = {
+    "background": True,
+    "outage_budget_s": 20.0,
+    "on_param_conflict": "tag",
+    "strict": False,
+}
 
 
 def log_batches(proxy: MlflowProxy) -> int:
@@ -69,7 +80,7 @@ def log_batches(proxy: MlflowProxy) -> int:
     return proxy.stats().by_endpoint.get(LOG_BATCH, 0)
 
 
-def test_queued_writes_go_in_few_requests(client, proxy, run_id):
+def test_queued_writes_go_in_few_requests(make_writer, client, proxy, run_id):
     writer = make_writer(proxy, run_id)
     proxy.down()  # hold the queue while it fills, then let it drain at once
     for index in range(50):
@@ -84,7 +95,7 @@ def test_queued_writes_go_in_few_requests(client, proxy, run_id):
     assert log_batches(proxy) <= 2  # the first write, then everything that queued behind it
 
 
-def test_a_short_nodes_start_and_end_share_one_request(client, proxy, run_id):
+def test_a_short_nodes_start_and_end_share_one_request(make_writer, client, proxy, run_id):
     writer = make_writer(proxy, run_id)
     writer.submit(Write(params={"alpha": "1"}, tags={STATUS: "running"}))
     writer.submit(Write(tags={STATUS: "completed"}, metrics={"duration": 0.001}))
@@ -94,7 +105,7 @@ def test_a_short_nodes_start_and_end_share_one_request(client, proxy, run_id):
     assert (data.params["alpha"], data.tags[STATUS]) == ("1", "completed")
 
 
-def test_an_outage_is_waited_out_and_reported_as_late(client, proxy, run_id, caplog):
+def test_an_outage_is_waited_out_and_reported_as_late(make_writer, client, proxy, run_id, caplog):
     writer = make_writer(proxy, run_id)
     writer.submit(Write(tags={STATUS: "running"}))
     writer.flush()
@@ -113,7 +124,7 @@ def test_an_outage_is_waited_out_and_reported_as_late(client, proxy, run_id, cap
 
 
 def test_past_the_budget_writes_are_given_up_and_the_budget_is_not_waited_twice(
-    client, proxy, run_id, caplog
+    make_writer, client, proxy, run_id, caplog
 ):
     writer = make_writer(proxy, run_id, background=False, outage_budget_s=2)
     proxy.fail(503, path_contains="runs/log-batch")
@@ -121,11 +132,13 @@ def test_past_the_budget_writes_are_given_up_and_the_budget_is_not_waited_twice(
     assert writer.report.given_up == 2
     proxy.reset_stats()
     writer.submit(Write(params={"b": "2"}))
-    # The outage's budget is spent: one call (MLflow's attempt and two retries), no waiting.
-    assert log_batches(proxy) == 3
+    # The outage's budget is spent: one call (the attempt and two HTTP retries), no waiting;
+    # urllib3 may spend one more attempt on a kept-alive connection the proxy dropped. Waiting
+    # out the budget again would mean a call (3 attempts) every 0.5-1 s for 2 s.
+    assert log_batches(proxy) in (3, 4)
     report = writer.close()
     assert report.given_up == 3
-    assert "too many 503 error responses" in (report.last_error or "")
+    assert "503" in (report.last_error or "")  # the server's answer, named in the warning
     assert "3 given up" in caplog.text
     # The server answers again: the next write goes through at once.
     proxy.clear_faults()
@@ -133,7 +146,7 @@ def test_past_the_budget_writes_are_given_up_and_the_budget_is_not_waited_twice(
     assert client.get_run(run_id).data.params == {"c": "3"}
 
 
-def test_strict_mode_raises_instead_of_giving_up(proxy, run_id):
+def test_strict_mode_raises_instead_of_giving_up(make_writer, proxy, run_id):
     writer = make_writer(proxy, run_id, strict=True, outage_budget_s=1)
     proxy.fail(503, path_contains="runs/")
     with pytest.raises(TrackingUnreachableError, match=r"unreachable for 1 s \(outage_budget_s\)"):
@@ -142,14 +155,16 @@ def test_strict_mode_raises_instead_of_giving_up(proxy, run_id):
         writer.read_run()
 
 
-def test_a_run_that_cannot_be_read_is_none_with_a_warning(proxy, run_id, caplog):
+def test_a_run_that_cannot_be_read_is_none_with_a_warning(make_writer, proxy, run_id, caplog):
     writer = make_writer(proxy, run_id, outage_budget_s=1)
     proxy.fail(503, path_contains="runs/get")
     assert writer.read_run() is None
     assert "cannot read the run" in caplog.text
 
 
-def test_a_param_another_step_logged_differently_becomes_a_conflict_tag(client, proxy, run_id):
+def test_a_param_another_step_logged_differently_becomes_a_conflict_tag(
+    make_writer, client, proxy, run_id
+):
     client.log_param(run_id, "seed", "42")  # another container, after this one read the run
     writer = make_writer(proxy, run_id, background=False)
     writer.submit(Write(params={"seed": "7", "rows": "10"}))
@@ -162,7 +177,7 @@ def test_a_param_another_step_logged_differently_becomes_a_conflict_tag(client, 
     assert writer.report.conflicts == ["seed"]
 
 
-def test_a_conflict_fails_the_caller_when_configured(client, proxy, run_id):
+def test_a_conflict_fails_the_caller_when_configured(make_writer, client, proxy, run_id):
     client.log_param(run_id, "seed", "42")
     writer = make_writer(proxy, run_id, background=False, on_param_conflict="fail")
     with pytest.raises(ParamConflictError, match=r"'seed' is already logged .* '42'.*'7'"):
@@ -170,7 +185,7 @@ def test_a_conflict_fails_the_caller_when_configured(client, proxy, run_id):
 
 
 def test_a_late_copy_of_an_old_status_is_overwritten_again(
-    client, proxy, run_id, caplog, monkeypatch
+    make_writer, client, proxy, run_id, caplog, monkeypatch
 ):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
     writer = make_writer(proxy, run_id, background=False)
@@ -190,7 +205,9 @@ def test_a_late_copy_of_an_old_status_is_overwritten_again(
 
 
 @pytest.mark.parametrize("fault", ["cut", "reset"])
-def test_cut_and_reset_connections_are_retried_without_a_conflict(client, proxy, run_id, fault):
+def test_cut_and_reset_connections_are_retried_without_a_conflict(
+    make_writer, client, proxy, run_id, fault
+):
     writer = make_writer(proxy, run_id, background=False)
     # "cut": the server applied the batch but the answer was lost; "reset": it never saw it.
     # Three in a row outlast MLflow's own two retries, so the writer retries too.

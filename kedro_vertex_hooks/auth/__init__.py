@@ -37,7 +37,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The base class subclasses MLflow's provider class: import MLflow only when it is asked for.
+    # The base class may subclass MLflow's provider class: import it only when asked for.
     if name == "RequestHeaderProviderWithKedroContext":
         from kedro_vertex_hooks.auth.base import RequestHeaderProviderWithKedroContext
 

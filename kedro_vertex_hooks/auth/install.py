@@ -5,6 +5,10 @@ names with a space, so a provider registered twice (by us and by kedro-mlflow's 
 either order) would send ``Authorization: Bearer x Bearer x``. The registry's list is
 therefore replaced by one that skips every other instance of the installed provider's class;
 it filters when MLflow iterates, so registrations made after ours are covered too.
+
+A node step that talks REST never imports MLflow, so there is no registry to install into.
+If MLflow is imported later (an artifact upload, a kedro-mlflow dataset, the user's own
+code), it loads its registry's entry points and :func:`provider_for_mlflow` hands it ours.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import logging
 import operator
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -211,6 +216,23 @@ class _SingleRegistrationList(list):
             yield provider
 
 
+class _NoProvider:
+    """What MLflow registers from our entry point when no provider is installed yet."""
+
+    def in_context(self) -> bool:
+        return False
+
+    def request_headers(self) -> dict[str, str]:
+        return {}
+
+
+def provider_for_mlflow() -> Any:
+    """Entry point ``mlflow.request_header_provider``: MLflow calls it once, when it loads
+    its registry, and registers what it returns."""
+    installed = _installed
+    return installed.provider if installed is not None else _NoProvider()
+
+
 def _mlflow_registry() -> Any:
     from mlflow.tracking.request_header import registry
 
@@ -226,6 +248,8 @@ def _provider_list() -> _SingleRegistrationList:
 
 def _register(provider: Any) -> None:
     """Leave exactly one entry for ``provider`` and none for other instances of its class."""
+    if "mlflow" not in sys.modules:
+        return  # nothing to install into yet: see provider_for_mlflow
     providers = _provider_list()
     current = list.copy(providers)
     wanted = [
@@ -244,6 +268,9 @@ def _register(provider: Any) -> None:
 def _unregister() -> None:
     global _installed
     if _installed is None:
+        return
+    if "mlflow" not in sys.modules:
+        _installed = None
         return
     providers = _provider_list()
     providers[:] = [entry for entry in list.copy(providers) if entry is not _installed.provider]

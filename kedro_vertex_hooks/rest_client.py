@@ -1,0 +1,340 @@
+"""The few MLflow tracking REST calls a node step makes, spoken without importing MLflow.
+
+Importing the MLflow client costs every fresh ``kedro run --nodes X`` process 0.6-1 s, more
+than the requests it then sends. :class:`RestTrackingClient` speaks the endpoints the hooks
+need over ``requests``, with the MLflow client's own settings (``MLFLOW_HTTP_REQUEST_*``
+timeouts and retries, ``MLFLOW_TRACKING_TOKEN`` / ``USERNAME`` / ``PASSWORD``, the TLS
+variables) and the request header provider installed by :mod:`kedro_vertex_hooks.auth`.
+Its method names and arguments are ``MlflowClient``'s, so run resolution and the writer take
+either. :func:`rest_client_unsuitable` names what only the MLflow client can do; then the
+hooks use :class:`~kedro_vertex_hooks.mlflow_client.MlflowTrackingClient`.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, TypeAlias
+from urllib.parse import urlsplit
+
+from kedro_vertex_hooks.naming import trim
+
+if TYPE_CHECKING:
+    from kedro_vertex_hooks.mlflow_client import MlflowTrackingClient
+
+    # What the hooks' run resolution and writer accept.
+    TrackingClient: TypeAlias = "RestTrackingClient | MlflowTrackingClient"
+
+API_PREFIX = "/api/2.0/mlflow"
+OWN_ENTRY_POINT = "kedro-vertex-hooks"
+# What MLflow's client retries (mlflow.utils.request_utils._TRANSIENT_FAILURE_RESPONSE_CODES).
+RETRY_STATUS_CODES = frozenset({408, 429, 500, 502, 503, 504})
+# Client settings this module does not reproduce: the MLflow client is used when one is set.
+MLFLOW_ONLY_ENV_VARS = ("MLFLOW_TRACKING_AUTH", "MLFLOW_WORKSPACE")
+
+
+class RestApiError(Exception):
+    """An MLflow REST call answered with an error; shaped like MLflow's ``RestException``."""
+
+    def __init__(self, status_code: int, error_code: str, message: str) -> None:
+        super().__init__(f"{error_code} (HTTP {status_code}): {message}")
+        self.status_code = status_code
+        self.error_code = error_code
+        self.message = message
+
+    def get_http_status_code(self) -> int:
+        return self.status_code
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    experiment_id: str
+    status: str
+    lifecycle_stage: str
+    start_time: int | None = None
+    end_time: int | None = None
+    run_name: str | None = None
+
+
+@dataclass(frozen=True)
+class RunData:
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run as ``MlflowClient.get_run`` shows it (``info`` and ``data``), for what we read."""
+
+    info: RunInfo
+    data: RunData
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> Run:
+        info, data = body.get("info", {}), body.get("data", {})
+        return cls(
+            info=RunInfo(
+                run_id=info["run_id"],
+                experiment_id=info["experiment_id"],
+                status=info.get("status", "RUNNING"),
+                lifecycle_stage=info.get("lifecycle_stage", "active"),
+                start_time=_optional_int(info.get("start_time")),
+                end_time=_optional_int(info.get("end_time")),
+                run_name=info.get("run_name"),
+            ),
+            data=RunData(
+                params=_pairs(data.get("params", ())),
+                tags=_pairs(data.get("tags", ())),
+                metrics={m["key"]: float(m["value"]) for m in data.get("metrics", ())},
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class Experiment:
+    experiment_id: str
+    name: str
+    lifecycle_stage: str
+
+
+def rest_client_unsuitable(tracking_uri: str) -> str | None:
+    """Why the MLflow client must be used for ``tracking_uri``; None when REST will do."""
+    scheme = urlsplit(tracking_uri).scheme
+    if scheme not in ("http", "https"):
+        return f"the tracking URI is not http(s) ({scheme or 'a path'})"
+    for name in MLFLOW_ONLY_ENV_VARS:
+        if os.environ.get(name):
+            return f"{name} is set"
+    others = [
+        ep.name
+        for ep in entry_points(group="mlflow.request_header_provider")
+        if ep.name != OWN_ENTRY_POINT
+    ]
+    if others:
+        return f"other MLflow request header providers are installed ({', '.join(others)})"
+    return None
+
+
+class RestTrackingClient:
+    """MlflowClient's tracking calls used by the hooks, over MLflow's REST API.
+
+    Artifacts go through a real ``MlflowClient``, created (and MLflow imported) only when a
+    step logs one: the artifact store may be anything MLflow supports.
+    """
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.tracking_uri = tracking_uri.rstrip("/")
+        self._timeout_s = float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "120"))
+        self._max_retries = int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7"))
+        self._backoff = float(os.environ.get("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2"))
+        self._lock = threading.Lock()
+        self._session: Any = None
+        self._session_pid: int | None = None
+        self._artifact_client: Any = None
+
+    # -- runs -----------------------------------------------------------------------------
+    def get_run(self, run_id: str) -> Run:
+        return Run.from_json(self._call("GET", "/runs/get", {"run_id": run_id})["run"])
+
+    def create_run(
+        self,
+        experiment_id: str,
+        start_time: int | None = None,
+        tags: Mapping[str, str] | None = None,
+        run_name: str | None = None,
+    ) -> Run:
+        body: dict[str, Any] = {
+            "experiment_id": experiment_id,
+            "start_time": start_time if start_time is not None else _now_ms(),
+            "tags": _key_values((tags or {}).items()),
+        }
+        if run_name:
+            body["run_name"] = run_name
+        return Run.from_json(self._call("POST", "/runs/create", body)["run"])
+
+    def delete_run(self, run_id: str) -> None:
+        self._call("POST", "/runs/delete", {"run_id": run_id})
+
+    def search_runs(
+        self, experiment_ids: list[str], filter_string: str = "", max_results: int = 1000
+    ) -> list[Run]:
+        body = {
+            "experiment_ids": experiment_ids,
+            "filter": filter_string,
+            "max_results": max_results,
+            "run_view_type": "ACTIVE_ONLY",
+        }
+        found = self._call("POST", "/runs/search", body).get("runs", ())
+        return [Run.from_json(run) for run in found]
+
+    def log_values(
+        self,
+        run_id: str,
+        *,
+        params: Mapping[str, str],
+        tags: Mapping[str, str],
+        metrics: Mapping[str, float],
+        timestamp_ms: int,
+    ) -> None:
+        """One ``log-batch`` request (the caller keeps within MLflow's batch limits)."""
+        body = {
+            "run_id": run_id,
+            "params": _key_values(params.items()),
+            "tags": _key_values(tags.items()),
+            "metrics": [
+                {"key": k, "value": v, "timestamp": timestamp_ms, "step": 0}
+                for k, v in metrics.items()
+            ],
+        }
+        self._call("POST", "/runs/log-batch", body)
+
+    def set_terminated(self, run_id: str, status: str = "FINISHED") -> None:
+        body = {"run_id": run_id, "status": status, "end_time": _now_ms()}
+        self._call("POST", "/runs/update", body)
+
+    def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
+        with self._lock:
+            if self._artifact_client is None:
+                from kedro_vertex_hooks.mlflow_client import mlflow_tracking_client
+
+                self._artifact_client = mlflow_tracking_client(self.tracking_uri)
+        self._artifact_client.log_artifact(run_id, local_path, artifact_path)
+
+    # -- experiments ----------------------------------------------------------------------
+    def get_experiment_by_name(self, name: str) -> Experiment | None:
+        try:
+            body = self._call("GET", "/experiments/get-by-name", {"experiment_name": name})
+        except RestApiError as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        found = body["experiment"]
+        return Experiment(found["experiment_id"], found["name"], found["lifecycle_stage"])
+
+    def create_experiment(self, name: str) -> str:
+        return str(self._call("POST", "/experiments/create", {"name": name})["experiment_id"])
+
+    def restore_experiment(self, experiment_id: str) -> None:
+        self._call("POST", "/experiments/restore", {"experiment_id": experiment_id})
+
+    # -- transport ------------------------------------------------------------------------
+    def _call(self, method: str, endpoint: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        url = f"{self.tracking_uri}{API_PREFIX}{endpoint}"
+        session = self._http_session()
+        request: dict[str, Any] = {"headers": _request_headers(), "timeout": self._timeout_s}
+        if method == "GET":
+            request["params"] = payload
+        else:
+            request["json"] = payload
+        response = session.request(method, url, **request)
+        if response.status_code == 200:
+            return response.json() if response.content.strip() else {}
+        try:
+            error = response.json()
+            raise RestApiError(response.status_code, error["error_code"], error.get("message", ""))
+        except (ValueError, KeyError, TypeError):
+            pass
+        raise RestApiError(
+            response.status_code,
+            _error_code_for(response.status_code),
+            f"API request to endpoint {API_PREFIX}{endpoint} failed with error code "
+            f"{response.status_code} != 200. Response body: '{trim(response.text, 500)}'",
+        )
+
+    def _http_session(self) -> Any:
+        """One ``requests.Session`` per process: a forked child must not share the parent's
+        kept-alive connections."""
+        with self._lock:
+            if self._session is None or self._session_pid != os.getpid():
+                self._session = _new_session(self._max_retries, self._backoff)
+                self._session_pid = os.getpid()
+            return self._session
+
+
+def _new_session(max_retries: int, backoff_factor: float) -> Any:
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    retry = Retry(
+        total=max_retries,
+        connect=max_retries,
+        read=max_retries,
+        redirect=max_retries,
+        status=max_retries,
+        status_forcelist=RETRY_STATUS_CODES,
+        backoff_factor=backoff_factor,
+        allowed_methods=frozenset({"GET", "POST"}),
+        raise_on_status=False,
+    )
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.verify = _tls_verify()
+    client_cert = os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH")
+    if client_cert:
+        session.cert = client_cert
+    return session
+
+
+def _tls_verify() -> bool | str:
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        return False
+    return os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True
+
+
+def _request_headers() -> dict[str, str]:
+    """The installed provider's headers, then MLflow's credential variables over them (as the
+    MLflow client does, which is why ``auth`` warns when they are set)."""
+    from kedro_vertex_hooks import __version__
+    from kedro_vertex_hooks.auth import installed_provider
+
+    headers = {"User-Agent": f"kedro-vertex-hooks/{__version__}"}
+    installed = installed_provider()
+    if installed is not None and installed.provider.in_context():
+        headers.update(installed.provider.request_headers())
+    username = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if username and password:
+        basic = base64.standard_b64encode(f"{username}:{password}".encode()).decode()
+        headers["Authorization"] = f"Basic {basic}"
+    elif token:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
+def _error_code_for(status: int) -> str:
+    """MLflow's name for a bare HTTP error status (``mlflow.protos`` ErrorCode)."""
+    return {
+        400: "BAD_REQUEST",
+        401: "UNAUTHENTICATED",
+        403: "PERMISSION_DENIED",
+        404: "ENDPOINT_NOT_FOUND",
+        429: "REQUEST_LIMIT_EXCEEDED",
+        503: "TEMPORARILY_UNAVAILABLE",
+    }.get(status, "INTERNAL_ERROR")
+
+
+def _pairs(items: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    return {item["key"]: item.get("value", "") for item in items}
+
+
+def _key_values(items: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
+    return [{"key": key, "value": value} for key, value in items]
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
