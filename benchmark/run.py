@@ -424,8 +424,35 @@ class Bench:
         }
         return checks
 
-    def client_import_s(self) -> dict[str, float]:
-        """Importing the MLflow client once Kedro is loaded, in each tracking environment."""
+    def step_imports_mlflow(self) -> dict[str, bool]:
+        """Whether a one-node step with ``MLFLOW_RUN_ID`` imports MLflow, per contender."""
+        node = node_names()[0]
+        found = {}
+        for contender in self.args.contenders:
+            if contender == BASELINE:
+                continue
+            env = {**self.env, "MLFLOW_RUN_ID": self.new_run()}
+            python = str(self.pythons[contender])
+            done = subprocess.run(
+                [python, "-X", "importtime", "-m", "kedro", "run", "--nodes", node],
+                cwd=self.projects[contender],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            loaded = {
+                line.rsplit("|", 1)[-1].strip()
+                for line in done.stderr.splitlines()
+                if line.startswith("import time:")
+            }
+            found[contender] = "mlflow" in loaded
+        self.proxy.reset_stats()
+        return found
+
+    def client_import_s(self, imported: dict[str, bool]) -> dict[str, float]:
+        """Importing the MLflow client once Kedro is loaded, in each tracking environment whose
+        step imports it (0 where a step does not)."""
         clock = (
             "import time, kedro.framework.session\n"
             "started = time.perf_counter()\n"
@@ -435,6 +462,9 @@ class Bench:
         seconds = {}
         for contender in self.args.contenders:
             if contender == BASELINE:
+                continue
+            if not imported.get(contender, True):
+                seconds[contender] = 0.0
                 continue
             laps = []
             for _ in range(3):
@@ -658,6 +688,11 @@ def check_targets(
 
 
 # -- report ---------------------------------------------------------------------------------
+def _step_imports_text(result: dict) -> str:
+    found = result.get("step_imports_mlflow", {})
+    return ", ".join(f"{c} {'imports' if v else 'does not'}" for c, v in found.items()) or "-"
+
+
 def markdown(result: dict) -> str:
     cfg = result["config"]
     imports_text = ", ".join(f"{c} {s} s" for c, s in result["client_import_s"].items())
@@ -677,7 +712,9 @@ def markdown(result: dict) -> str:
         f"({cfg['node_repeats']} repeats). Wall = one in-process run, or the sum of the sampled "
         "steps. Overhead = extra wall time vs the no-tracking process run next to it, per node "
         "(median of pairs); 'excl. import' also subtracts the contender's import of the MLflow "
-        f"client ({imports_text}), spread over the nodes of one process; CPU = extra user+system "
+        f"client ({imports_text}; 0 when its one-node step does not import MLflow: "
+        f"{_step_imports_text(result)}), spread over the nodes of one process; "
+        "CPU = extra user+system "
         "time (less sensitive to machine load than wall time); request time = median time one "
         "request took through the proxy in those runs (latency + server time).",
         "",
@@ -807,7 +844,8 @@ def main() -> None:
         params_logged |= {f"per-node {c}": v for c, v in bench.per_node().items()}
         wide = {} if args.skip_wide else bench.wide()
         imports = bench.imports()
-        client_import = bench.client_import_s()
+        step_imports = bench.step_imports_mlflow()
+        client_import = bench.client_import_s(step_imports)
     finally:
         bench.close()
 
@@ -844,6 +882,7 @@ def main() -> None:
         "wide": wide,
         "imports": imports,
         "client_import_s": client_import,
+        "step_imports_mlflow": step_imports,
         "params_logged": params_logged,
         "samples": [asdict(s) for s in bench.samples],
     }

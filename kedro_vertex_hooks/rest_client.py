@@ -138,6 +138,8 @@ class RestTrackingClient:
         self._session: Any = None
         self._session_pid: int | None = None
         self._artifact_client: Any = None
+        self._artifact_lock = threading.Lock()
+        self._http_session()  # now, on the caller's thread: see _new_session
 
     # -- runs -----------------------------------------------------------------------------
     def get_run(self, run_id: str) -> Run:
@@ -200,7 +202,7 @@ class RestTrackingClient:
         self._call("POST", "/runs/update", body)
 
     def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
-        with self._lock:
+        with self._artifact_lock:
             if self._artifact_client is None:
                 from kedro_vertex_hooks.mlflow_client import mlflow_tracking_client
 
@@ -253,12 +255,18 @@ class RestTrackingClient:
         kept-alive connections."""
         with self._lock:
             if self._session is None or self._session_pid != os.getpid():
-                self._session = _new_session(self._max_retries, self._backoff)
+                self._session = _new_session(self.tracking_uri, self._max_retries, self._backoff)
                 self._session_pid = os.getpid()
             return self._session
 
 
-def _new_session(max_retries: int, backoff_factor: float) -> Any:
+def _new_session(url: str, max_retries: int, backoff_factor: float) -> Any:
+    """A session configured from the environment once, here.
+
+    ``requests`` would otherwise re-read proxies and CA bundles from ``os.environ`` on every
+    request, in the writer's thread, while the hooks' thread may be changing the environment
+    (iterating it then raises ``KeyError``).
+    """
     import requests
     from requests.adapters import HTTPAdapter
     from urllib3.util.retry import Retry
@@ -278,6 +286,8 @@ def _new_session(max_retries: int, backoff_factor: float) -> Any:
     adapter = HTTPAdapter(max_retries=retry)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
+    session.trust_env = False
+    session.proxies = requests.utils.get_environ_proxies(url)
     session.verify = _tls_verify()
     client_cert = os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH")
     if client_cert:
@@ -286,9 +296,13 @@ def _new_session(max_retries: int, backoff_factor: float) -> Any:
 
 
 def _tls_verify() -> bool | str:
+    """MLflow's TLS variables first, then the CA bundle variables ``requests`` honours."""
     if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
         return False
-    return os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True
+    for name in ("MLFLOW_TRACKING_SERVER_CERT_PATH", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        if os.environ.get(name):
+            return os.environ[name]
+    return True
 
 
 def _request_headers() -> dict[str, str]:
