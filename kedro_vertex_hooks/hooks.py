@@ -167,23 +167,28 @@ class MlflowRunHooks:
 
     @hook_impl
     def after_pipeline_run(self) -> None:
-        session = self._end_of_step()
-        if session is not None:
-            status = session.finish_step(self._pipeline_nodes)
-            logger.info("MLflow run %s is %s", session.run_id, status)
+        with self._ending_step() as session:
+            if session is not None:
+                status = session.finish_step(self._pipeline_nodes)
+                logger.info("MLflow run %s is %s", session.run_id, status)
 
     @hook_impl
     def on_pipeline_error(self, error: Exception) -> None:
-        session = self._end_of_step()
-        if session is not None:
-            session.fail_step(error)
+        with self._ending_step() as session:
+            if session is not None:
+                session.fail_step(error)
 
-    def _end_of_step(self) -> Any:
+    @contextlib.contextmanager
+    def _ending_step(self) -> Iterator[Any]:
+        """The step's session, taken for its last writes; the environment is restored after
+        them, so that no writer thread is still sending while it changes."""
         session, self._session = self._session, None
-        for name, value in self._restore_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        self._restore_env = {}
-        return session
+        try:
+            yield session
+        finally:
+            for name, value in self._restore_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            self._restore_env = {}

@@ -41,6 +41,7 @@ from tests.support.auth_stack import (
     restore_provider_registry,
     run_python,
 )
+from tests.support.project import SKINNY_PYTHON
 
 OAUTH_PATH = "kedro_vertex_hooks.auth.gcp.MLFlowGoogleOauthRequestHeaderProvider"
 OAUTH = RequestHeaderProviderConfig(type="gcp-oauth", init_kwargs={"client_id": AUDIENCE})
@@ -252,6 +253,35 @@ print(first.headers["Authorization"])
     assert worker.returncode == 0, worker.stderr
     assert worker.stdout.startswith("Bearer eyJh…(")
     assert adc.proxy.rejections == [] and adc.proxy.accepted == 1
+    assert adc.google.issued == 1
+
+
+def test_mlflow_imported_after_a_rest_step_installed_the_provider_sends_it_once(
+    adc: AuthStack, tmp_path: Path
+) -> None:
+    """Client-only image: the provider is installed while MLflow is not loaded (node steps
+    talk REST); the user's own code then imports MLflow, whose registry gets the provider from
+    the package's ``mlflow.request_header_provider`` entry point."""
+    code = """
+import sys
+from kedro_vertex_hooks.auth import install_header_provider
+from kedro_vertex_hooks.config import RequestHeaderProviderConfig
+from kedro_vertex_hooks.rest_client import RestTrackingClient
+install_header_provider(RequestHeaderProviderConfig.model_validate_json(sys.argv[1]))
+RestTrackingClient(sys.argv[2]).create_experiment("rest-first")
+print("mlflow loaded before:", "mlflow" in sys.modules)
+from mlflow import MlflowClient
+MlflowClient(sys.argv[2]).create_experiment("mlflow-later")
+"""
+    env = google_free_env(
+        tmp_path, GOOGLE_APPLICATION_CREDENTIALS=str(adc.google.write_key_file(tmp_path / "k"))
+    )
+
+    step = run_python(code, env, OAUTH.model_dump_json(), adc.proxy.url, python=SKINNY_PYTHON)
+
+    assert step.returncode == 0, step.stderr
+    assert "mlflow loaded before: False" in step.stdout
+    assert adc.proxy.rejections == [] and adc.proxy.accepted == 2
     assert adc.google.issued == 1
 
 

@@ -22,7 +22,7 @@ from tests.support.auth_stack import (
     google_free_env,
     install_third_party_provider,
 )
-from tests.support.project import SAMPLE_NODES, SAMPLE_STEPS, Project
+from tests.support.project import SAMPLE_NODES, SAMPLE_STEPS, SKINNY_PYTHON, Project
 
 REPO = Path(__file__).resolve().parents[1]
 IAM_ACCOUNT = "pipeline-tracker@fake-project.iam.gserviceaccount.com"
@@ -107,6 +107,29 @@ def test_per_node_steps_with_each_provider_have_no_rejected_request(
     assert stack.google.counts["iam"] >= 3  # the IAM provider's containers
     assert stack.google.counts["identity"] >= 6  # gcp-oauth's and acme's containers
     assert len(stack.proxy.tokens_seen) >= len(SAMPLE_NODES)
+
+
+def test_client_only_image_authenticates_over_rest_and_when_mlflow_is_imported_late(
+    stack: AuthStack, env: dict[str, str], client, tmp_path: Path
+) -> None:
+    """mlflow-skinny without kedro-mlflow: steps talk REST with the provider's token, and the
+    report's artifact upload, which imports MLflow mid-step, gets the same provider through
+    the package's ``mlflow.request_header_provider`` entry point."""
+    project = Project.copy(tmp_path / "project", python=SKINNY_PYTHON)
+    write_mlflow_yml(project, "local", stack, provider_configs(stack)["oauth"])
+    run_id = client.create_run(client.create_experiment("auth-client-only")).info.run_id
+    env["MLFLOW_RUN_ID"] = run_id
+
+    for step in SAMPLE_STEPS:
+        results = project.run_together([[name] for name in step], env)
+        for code, output in results:
+            assert_ok(code, output)
+            assert "given up" not in output, output[-4000:]
+
+    assert_every_node_completed(client, run_id)
+    assert [a.path for a in client.list_artifacts(run_id, "report")] == ["report/report.json"]
+    assert stack.proxy.rejections == []
+    assert stack.google.counts["identity"] >= len(SAMPLE_STEPS)
 
 
 def test_parallel_runner_spawn_workers_authenticate_as_tokens_expire(

@@ -6,11 +6,8 @@ from __future__ import annotations
 import subprocess
 
 from kedro_vertex_hooks.naming import TAG_NODE_STATUS, node_key
-from tests.support.project import REPO, SAMPLE_NODES, Project, base_env
+from tests.support.project import SAMPLE_NODES, SKINNY_PYTHON, Project, base_env
 from tests.support.tracked import artifact_json, every_run_id, local_json
-
-# Made by scripts/bootstrap.sh: the package and sample_project on mlflow-skinny only.
-SKINNY_PYTHON = REPO / ".venv-skinny" / "bin" / "python"
 
 
 def skinny(code: str) -> subprocess.CompletedProcess[str]:

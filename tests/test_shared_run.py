@@ -200,3 +200,25 @@ def test_a_node_whose_output_cannot_be_saved_is_the_failed_node(client, mlflow_s
     assert run.data.tags[TAG_FAILED_NODE] == "publish"
     assert run.data.tags[TAG_ERROR].startswith("FileNotFoundError: ")
     assert "/proc/kedro-vertex-hooks" in run.data.tags[TAG_ERROR]
+
+
+def test_use_mlflow_client_logs_the_same_run_through_mlflow(client, mlflow_server, project):
+    """``MlflowRunHooks(use_mlflow_client=True)``: the MlflowClient path instead of REST."""
+    settings = project.root / "src" / "sample_project" / "settings.py"
+    settings.write_text(
+        settings.read_text().replace("MlflowRunHooks(", "MlflowRunHooks(use_mlflow_client=True,")
+    )
+    run_id = new_run(client, "mlflow-client")
+    env = base_env(MLFLOW_TRACKING_URI=mlflow_server.uri, MLFLOW_RUN_ID=run_id)
+
+    assert_ok(project.run_nodes(SAMPLE_NODES[:5], env))
+    assert client.get_run(run_id).info.status == "RUNNING"
+    assert_ok(project.run_nodes(SAMPLE_NODES[5:], env))
+
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for key, value in EXPECTED_PARAMS.items():
+        assert run.data.params[key] == value, key
+    for name in SAMPLE_NODES:
+        assert run.data.tags[node_key(TAG_NODE_STATUS, name)] == "completed", name
+    assert [a.path for a in client.list_artifacts(run_id, "report")] == ["report/report.json"]

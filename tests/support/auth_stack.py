@@ -70,10 +70,13 @@ def google_free_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_python(code: str, env: dict[str, str], *args: str, timeout: float = 120):
-    """Run ``python -c code`` the way a pipeline container would: a fresh interpreter."""
+def run_python(
+    code: str, env: dict[str, str], *args: str, timeout: float = 120, python: str | Path = ""
+):
+    """Run ``python -c code`` the way a pipeline container would: a fresh interpreter (this
+    one's, or ``python``)."""
     return subprocess.run(
-        [sys.executable, "-c", code, *args],
+        [str(python or sys.executable), "-c", code, *args],
         env=env,
         capture_output=True,
         text=True,

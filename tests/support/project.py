@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+# Made by scripts/bootstrap.sh: the package and sample_project on mlflow-skinny only.
+SKINNY_PYTHON = REPO / ".venv-skinny" / "bin" / "python"
 SAMPLE_PROJECT = REPO / "sample_project"
 
 # Topological order of sample_project's nodes; the inner tuples can run at the same time.
