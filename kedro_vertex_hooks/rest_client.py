@@ -16,7 +16,7 @@ import base64
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -34,6 +34,9 @@ API_PREFIX = "/api/2.0/mlflow"
 OWN_ENTRY_POINT = "kedro-vertex-hooks"
 # What MLflow's client retries (mlflow.utils.request_utils._TRANSIENT_FAILURE_RESPONSE_CODES).
 RETRY_STATUS_CODES = frozenset({408, 429, 500, 502, 503, 504})
+# The server's limits on one log-batch request (mlflow.utils.validation).
+MAX_PARAMS_TAGS_PER_BATCH = 100
+MAX_ENTITIES_PER_BATCH = 1000
 # Client settings this module does not reproduce: the MLflow client is used when one is set.
 MLFLOW_ONLY_ENV_VARS = ("MLFLOW_TRACKING_AUTH", "MLFLOW_WORKSPACE")
 
@@ -185,17 +188,21 @@ class RestTrackingClient:
         metrics: Mapping[str, float],
         timestamp_ms: int,
     ) -> None:
-        """One ``log-batch`` request (the caller keeps within MLflow's batch limits)."""
-        body = {
-            "run_id": run_id,
-            "params": _key_values(params.items()),
-            "tags": _key_values(tags.items()),
-            "metrics": [
-                {"key": k, "value": v, "timestamp": timestamp_ms, "step": 0}
-                for k, v in metrics.items()
-            ],
-        }
-        self._call("POST", "/runs/log-batch", body)
+        """As few ``log-batch`` requests as the server's limits allow, as MlflowClient does:
+        at most 100 params, 100 tags and 1000 values in all per request."""
+        for param_chunk, tag_chunk, metric_chunk in batch_chunks(
+            list(params.items()), list(tags.items()), list(metrics.items())
+        ):
+            body = {
+                "run_id": run_id,
+                "params": _key_values(param_chunk),
+                "tags": _key_values(tag_chunk),
+                "metrics": [
+                    {"key": k, "value": v, "timestamp": timestamp_ms, "step": 0}
+                    for k, v in metric_chunk
+                ],
+            }
+            self._call("POST", "/runs/log-batch", body)
 
     def set_terminated(self, run_id: str, status: str = "FINISHED") -> None:
         body = {"run_id": run_id, "status": status, "end_time": _now_ms()}
@@ -258,6 +265,18 @@ class RestTrackingClient:
                 self._session = _new_session(self.tracking_uri, self._max_retries, self._backoff)
                 self._session_pid = os.getpid()
             return self._session
+
+
+def batch_chunks(
+    params: list[tuple[str, str]], tags: list[tuple[str, str]], metrics: list[tuple[str, float]]
+) -> Iterator[tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, float]]]]:
+    """Split one batch into requests within the server's limits (none when empty)."""
+    while params or tags or metrics:
+        param_chunk, params = params[:MAX_PARAMS_TAGS_PER_BATCH], params[MAX_PARAMS_TAGS_PER_BATCH:]
+        tag_chunk, tags = tags[:MAX_PARAMS_TAGS_PER_BATCH], tags[MAX_PARAMS_TAGS_PER_BATCH:]
+        room = MAX_ENTITIES_PER_BATCH - len(param_chunk) - len(tag_chunk)
+        metric_chunk, metrics = metrics[:room], metrics[room:]
+        yield param_chunk, tag_chunk, metric_chunk
 
 
 def _new_session(url: str, max_retries: int, backoff_factor: float) -> Any:

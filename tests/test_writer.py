@@ -220,3 +220,19 @@ def test_cut_and_reset_connections_are_retried_without_a_conflict(
     assert not [key for key in data.tags if key.startswith(TAG_PARAM_CONFLICT)]
     assert (writer.report.delivered_late, writer.report.given_up) == (3, 0)
     assert writer.report.conflicts == []
+
+
+def test_a_thousand_params_and_metrics_arrive_in_ten_requests(make_writer, client, proxy, run_id):
+    """The server takes at most 100 params per request: a wide node is split, never refused."""
+    writer = make_writer(proxy, run_id, background=False)
+    params = {f"param_{index:04d}": str(index) for index in range(1000)}
+    metrics = {f"metric_{index:04d}": float(index) for index in range(500)}
+
+    writer.submit(Write(params=dict(params), metrics=metrics, tags={"t": "x"}))
+    report = writer.close()
+
+    assert report.given_up == 0 and report.delivered == 1501
+    assert log_batches(proxy) == 10
+    data = client.get_run(run_id).data
+    assert data.params == params
+    assert {k: v for k, v in data.metrics.items() if k.startswith("metric_")} == metrics
