@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
@@ -64,6 +64,26 @@ def pipeline_node_names(pipeline_name: str) -> list[str]:
     return nodes
 
 
+def downstream_node_names(pipeline_name: str, step_nodes: Iterable[str]) -> list[str]:
+    """Nodes outside this step that depend, directly or not, on one of its nodes.
+
+    An orchestrator starts them only after this step, so while one of them is unfinished the
+    pipeline cannot be complete at this step's end.
+    """
+    from kedro.framework.project import pipelines
+
+    step = set(step_nodes)
+    found: list[str] = []
+    for name in pipeline_name.split("+"):
+        pipeline = pipelines.get(name)
+        if pipeline is None:
+            return []
+        ours = [node.name for node in pipeline.nodes if node.name in step]
+        if ours:
+            found.extend(n.name for n in pipeline.from_nodes(*ours).nodes if n.name not in step)
+    return found
+
+
 class MlflowRunHooks:
     """Log every node of a Kedro pipeline into one MLflow run, across processes.
 
@@ -79,6 +99,7 @@ class MlflowRunHooks:
         self._session: Any = None
         self._session_pid = os.getpid()
         self._pipeline_nodes: list[str] = []
+        self._downstream_nodes: list[str] = []
         self._restore_env: dict[str, str | None] = {}
         self._catalog: Any = None
 
@@ -103,6 +124,7 @@ class MlflowRunHooks:
         self._catalog = catalog
         name = _pipeline_name(run_params)
         self._pipeline_nodes = pipeline_node_names(name) or [n.name for n in pipeline.nodes]
+        self._downstream_nodes = downstream_node_names(name, (n.name for n in pipeline.nodes))
         try:
             self._session = TrackingSession.open(
                 self._config, self.options, self._source, self._context, name
@@ -169,7 +191,7 @@ class MlflowRunHooks:
     def after_pipeline_run(self) -> None:
         with self._ending_step() as session:
             if session is not None:
-                status = session.finish_step(self._pipeline_nodes)
+                status = session.finish_step(self._pipeline_nodes, self._downstream_nodes)
                 logger.info("MLflow run %s is %s", session.run_id, status)
 
     @hook_impl

@@ -392,18 +392,34 @@ class TrackingSession:
         with self._lock:
             return [*self._started, *self._saving]
 
-    def finish_step(self, pipeline_nodes: Iterable[str]) -> str:
-        """After the last node of this step: set the status the whole run now deserves."""
+    def finish_step(self, pipeline_nodes: Iterable[str], downstream_nodes: Iterable[str]) -> str:
+        """After the last node of this step: set the status the whole run now deserves.
+
+        The run is read again (after this step's writes) unless it cannot be complete yet:
+        it was RUNNING at the start and a node downstream of this step, which the orchestrator
+        starts only after this step, was unfinished then. That saves most steps a round trip.
+        """
         self.writer.flush()
         target: str | None = None
         if self.source.mode == "local":
             target = FINISHED
+        elif self._cannot_be_complete(downstream_nodes):
+            target = None
         elif run := self.writer.read_run():
             target = step_end_status(run.info.status, run.data.tags, pipeline_nodes)
         if target:
             self.writer.submit(Write(status=target), wait=True)
         self.close()
         return target or RUNNING
+
+    def _cannot_be_complete(self, downstream_nodes: Iterable[str]) -> bool:
+        run = self._run
+        if run is None or run.status != RUNNING:
+            return False
+        return any(
+            run.tags.get(node_key(TAG_NODE_STATUS, name)) != NODE_COMPLETED
+            for name in downstream_nodes
+        )
 
     def fail_step(self, error: BaseException) -> None:
         """The step failed: nodes still in flight failed with it, and the run is FAILED.

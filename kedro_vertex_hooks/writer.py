@@ -321,10 +321,15 @@ class RunWriter:
         """Background loop: merge whatever is waiting into as few requests as possible."""
         while True:
             items = [self._queue.get()]
-            if isinstance(items[0], Write):
-                # Let writes made in quick succession (a short node's start and end, or the
-                # end of one node and the start of the next) share this request.
-                time.sleep(LINGER_S)
+            # Let writes made in quick succession (a short node's start and end, or the end
+            # of one node and the start of the next) share this request; a flush or the stop
+            # sends at once.
+            deadline = time.monotonic() + LINGER_S
+            while isinstance(items[-1], Write):
+                try:
+                    items.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
             while True:
                 try:
                     items.append(self._queue.get_nowait())

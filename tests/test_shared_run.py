@@ -17,6 +17,9 @@ from kedro_vertex_hooks.naming import (
     node_key,
 )
 from tests.support.project import SAMPLE_NODES, SAMPLE_STEPS, base_env
+from tests.support.proxy import MlflowProxy
+
+GET_RUN = "GET /api/2.0/mlflow/runs/get"
 
 EXPECTED_PARAMS = {
     "data.n_rows": "200",
@@ -222,3 +225,26 @@ def test_use_mlflow_client_logs_the_same_run_through_mlflow(client, mlflow_serve
     for name in SAMPLE_NODES:
         assert run.data.tags[node_key(TAG_NODE_STATUS, name)] == "completed", name
     assert [a.path for a in client.list_artifacts(run_id, "report")] == ["report/report.json"]
+
+
+def test_a_step_reads_the_run_at_its_end_only_when_the_pipeline_may_be_complete(
+    client, mlflow_server, project
+):
+    """Upstream of an unfinished node a step cannot complete the pipeline: it sends its
+    writes without reading the run again. The steps that may be last read it and decide."""
+    run_id = new_run(client, "end-reads")
+    with MlflowProxy(mlflow_server.uri, latency_s=0) as proxy:
+        env = base_env(MLFLOW_TRACKING_URI=proxy.uri, MLFLOW_RUN_ID=run_id)
+        run_reads = []
+        # The last step also writes the report artifact, for which MLflow reads the run.
+        for step in (SAMPLE_NODES[:1], SAMPLE_NODES[1:9], SAMPLE_NODES[9:]):
+            proxy.reset_stats()
+            assert_ok(project.run_nodes(step, env))
+            proxy.wait_idle()
+            run_reads.append(proxy.stats().by_endpoint.get(GET_RUN, 0))
+
+    assert run_reads[:2] == [1, 1]  # the start read only
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"  # set by the last step, after its end read
+    for name in SAMPLE_NODES:
+        assert run.data.tags[node_key(TAG_NODE_STATUS, name)] == "completed", name
