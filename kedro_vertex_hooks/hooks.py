@@ -14,8 +14,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterable, Iterator
-from typing import Any
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kedro.framework.hooks import hook_impl
 
@@ -26,7 +27,11 @@ from kedro_vertex_hooks.kedro_mlflow_compat import (
 )
 from kedro_vertex_hooks.resolve import RunSource
 
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _passive = False
 
@@ -84,6 +89,22 @@ def downstream_node_names(pipeline_name: str, step_nodes: Iterable[str]) -> list
     return found
 
 
+def _in_background(action: Callable[[], T]) -> Future[T]:
+    """Run ``action`` on a daemon thread; its result or exception in the future."""
+    from concurrent.futures import Future
+
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(action())
+        except BaseException as exc:  # handed to the thread that waits for the result
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="kedro-vertex-hooks-open", daemon=True).start()
+    return future
+
+
 class MlflowRunHooks:
     """Log every node of a Kedro pipeline into one MLflow run, across processes.
 
@@ -102,38 +123,44 @@ class MlflowRunHooks:
         self._downstream_nodes: list[str] = []
         self._restore_env: dict[str, str | None] = {}
         self._catalog: Any = None
+        self._opening: Future[Any] | None = None
 
     @hook_impl(tryfirst=True)
     def after_context_created(self, context: Any) -> None:
-        """Read the run source before anything can remove MLFLOW_RUN_ID; check the config."""
+        """Read the run source before anything can remove MLFLOW_RUN_ID; check the config.
+
+        A run to resume is read now, in the background, while Kedro builds the catalog and
+        loads the pipelines; ``before_pipeline_run`` waits for it and raises its errors.
+        """
         if _passive:
             return
         self._source = RunSource.from_env()
         self._context = context
         self._config = load_project_config(context)
         switch_off_kedro_mlflow_hook(context)
+        if self._source.mode == "resume":
+            self._opening = _in_background(self._open_session)
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         """Resolve and check the run before the first node; fail the step if it is unusable."""
         if _passive or self._config is None or self._source is None:
             return
-        from kedro_vertex_hooks.session import TrackingSession
         from kedro_vertex_hooks.writer import TrackingUnreachableError
 
         self._catalog = catalog
         name = _pipeline_name(run_params)
         self._pipeline_nodes = pipeline_node_names(name) or [n.name for n in pipeline.nodes]
         self._downstream_nodes = downstream_node_names(name, (n.name for n in pipeline.nodes))
+        opening, self._opening = self._opening, None
         try:
-            self._session = TrackingSession.open(
-                self._config, self.options, self._source, self._context, name
-            )
+            self._session = opening.result() if opening else self._open_session(name)
         except TrackingUnreachableError as exc:
             if not self.options.run_untracked_if_unreachable:
                 raise
             logger.warning("%s Running this step UNTRACKED: nothing of it reaches MLflow.", exc)
             return
+        self._session.begin_pipeline(name)
         self._session_pid = os.getpid()
         self._restore_env = self._session.export_to_children()
         logger.info(
@@ -141,6 +168,14 @@ class MlflowRunHooks:
             self._session.run_id,
             self._config.tracking_uri,
             self._source.describe(),
+        )
+
+    def _open_session(self, pipeline_name: str = "__default__") -> Any:
+        from kedro_vertex_hooks.session import TrackingSession
+
+        assert self._config is not None and self._source is not None
+        return TrackingSession.open(
+            self._config, self.options, self._source, self._context, pipeline_name
         )
 
     def _here(self) -> Any:

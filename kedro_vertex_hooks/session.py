@@ -275,9 +275,7 @@ class TrackingSession:
             header_provider_config=config.header_provider.model_dump(),
             hook_options=options.model_dump(mode="json"),
         )
-        session = cls(client, spec, options, run, source)
-        session._pending_run_tags = session._missing_run_tags(pipeline_name)
-        return session
+        return cls(client, spec, options, run, source)
 
     @classmethod
     def for_worker(cls, spec: SessionSpec, options: HookOptions) -> TrackingSession:
@@ -291,6 +289,11 @@ class TrackingSession:
         os.environ[SESSION_ENV] = self.spec.to_env()
         os.environ[ENV_RUN_ID] = self.run_id
         return previous
+
+    def begin_pipeline(self, pipeline_name: str) -> None:
+        """Tag the run with the pipeline and the job, with the first node's write."""
+        with self._lock:
+            self._pending_run_tags = self._missing_run_tags(pipeline_name)
 
     def _missing_run_tags(self, pipeline_name: str) -> dict[str, str]:
         """Correlation tags the run lacks: set once, with the first node's write."""

@@ -103,7 +103,7 @@ def test_per_node_steps_with_each_provider_have_no_rejected_request(
 
     assert_every_node_completed(client, run_id)
     assert stack.proxy.rejections == []
-    assert stack.proxy.accepted > 3 * len(SAMPLE_NODES)
+    assert stack.proxy.accepted >= 2 * len(SAMPLE_NODES)  # each one-node step: read, write
     assert stack.google.counts["iam"] >= 3  # the IAM provider's containers
     assert stack.google.counts["identity"] >= 6  # gcp-oauth's and acme's containers
     assert len(stack.proxy.tokens_seen) >= len(SAMPLE_NODES)
