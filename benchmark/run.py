@@ -629,7 +629,7 @@ def check_targets(
     # A round trip is the proxy's latency; on a loaded machine the server adds its own time,
     # so each time target is also judged against what a request really took in those runs.
     for rtt_label, inproc_rtt, pernode_rtt in (
-        ("proxy latency", latency_ms, latency_ms),
+        ("bare proxy latency, no server time", latency_ms, latency_ms),
         (
             "measured request time",
             inproc["request_ms_median"] or latency_ms,
