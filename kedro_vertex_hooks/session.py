@@ -31,6 +31,7 @@ from kedro_vertex_hooks.config import (
     RequestHeaderProviderConfig,
 )
 from kedro_vertex_hooks.datasets import artifact_destinations, metric_values
+from kedro_vertex_hooks.errors import UserError
 from kedro_vertex_hooks.naming import (
     MAX_TAG_VALUE_LENGTH,
     METRIC_NODE_DURATION,
@@ -67,6 +68,7 @@ from kedro_vertex_hooks.resolve import (
 from kedro_vertex_hooks.rest_client import RestTrackingClient, rest_client_unsuitable
 from kedro_vertex_hooks.writer import (
     RunWriter,
+    TrackingError,
     TrackingUnreachableError,
     Write,
     is_transient,
@@ -255,9 +257,11 @@ class TrackingSession:
                 options.outage_budget_s,
                 what,
             )
+        except UserError:
+            raise
         except Exception as exc:
             if not is_transient(exc):
-                raise
+                raise _refused(exc, source, config.tracking_uri) from None
             hint = (
                 ""
                 if options.run_untracked_if_unreachable
@@ -440,6 +444,17 @@ class TrackingSession:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _refused(exc: Exception, source: RunSource, tracking_uri: str) -> TrackingError:
+    """The server answered, but not with the run: one line, with the likely cause in words."""
+    from kedro_vertex_hooks.auth import explain_refusal, installed_provider
+
+    reason = explain_refusal(exc, installed_provider())
+    return TrackingError(
+        f"Cannot resolve the MLflow run ({source.describe()}) at tracking URI {tracking_uri}: "
+        f"{short_error(exc)}" + (f". {reason}" if reason else "")
+    )
 
 
 def step_end_status(status: str, tags: Mapping[str, str], pipeline_nodes: Iterable[str]) -> str:

@@ -219,3 +219,26 @@ def test_unusable_provider_stops_kedro_run_before_the_first_node(
     assert "Completed node" not in output and "Running node" not in output
     assert stack.proxy.accepted == 0
     assert client.get_run(run_id).data.tags.get(node_key(TAG_NODE_STATUS, "make_raw_data")) is None
+
+
+def test_a_token_the_proxy_refuses_stops_the_step_with_the_cause_in_words(
+    stack: AuthStack, env: dict[str, str], client, tmp_path: Path
+) -> None:
+    project = Project.copy(tmp_path / "project")
+    provider = {"type": "gcp-oauth", "init_kwargs": {"client_id": "another-client.apps"}}
+    write_mlflow_yml(project, "local", stack, provider)
+    run_id = client.create_run(client.create_experiment("auth-refused")).info.run_id
+    env["MLFLOW_RUN_ID"] = run_id
+
+    result = project.run(["run"], env)
+
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0
+    assert f"Cannot resolve the MLflow run (MLFLOW_RUN_ID={run_id}" in output, output[-3000:]
+    assert "answered HTTP 401" in output and "'another-client.apps'" in output
+    assert "Traceback" not in output
+    assert "Running node" not in output
+    # Refused once, not retried: a refusal is not an outage.
+    assert [r.reason.split(" is not ")[0] for r in stack.proxy.rejections] == [
+        "audience 'another-client.apps'"
+    ]
