@@ -226,6 +226,8 @@ def load_project_config(context: Any) -> ProjectConfig:
     raw_vertex, vertex_source = _load(context, "vertexai", ["vertexai*", "vertexai*/**"])
     mlflow_yml = parse_mlflow_yml(raw_mlflow, mlflow_source)
     vertexai_yml = parse_vertexai_yml(raw_vertex, vertex_source)
+    if mlflow_yml.server.credentials:
+        export_credentials(context, mlflow_yml.server.credentials, mlflow_source)
     project_path = Path(context.project_path)
     tracking_uri, source = resolve_tracking_uri(mlflow_yml, project_path, mlflow_source)
     experiment = mlflow_yml.tracking.experiment.name or _package_name(context, project_path)
@@ -255,6 +257,32 @@ def resolve_tracking_uri(
     if from_env:
         return from_env, "environment variable MLFLOW_TRACKING_URI"
     return default_tracking_uri(project_path), "default (sqlite store in the project)"
+
+
+def export_credentials(context: Any, name: str, mlflow_source: str) -> None:
+    """Put the ``credentials.yml`` entry that ``server.credentials`` names in the environment,
+    as kedro-mlflow does (e.g. ``MLFLOW_TRACKING_TOKEN``), before the URI is resolved."""
+    from kedro.config import MissingConfigException
+
+    source = f"conf/{{base,{context.env or 'local'}}}/credentials.yml"
+    try:
+        entries = context.config_loader["credentials"] or {}
+    except MissingConfigException:
+        entries = {}
+    entry = entries.get(name) if isinstance(entries, Mapping) else None
+    if not isinstance(entry, Mapping):
+        raise ConfigError(
+            f"{mlflow_source} server.credentials names {name!r}, but {source} has no mapping "
+            f"under that key. Add it (environment variable names and their values) or remove "
+            f"server.credentials."
+        )
+    for key, value in entry.items():
+        if not isinstance(value, str | int | float | bool):
+            raise ConfigError(
+                f"{source}: '{name}.{key}' must be a single value (it becomes environment "
+                f"variable {key})."
+            )
+        os.environ[str(key)] = str(value)
 
 
 def _package_name(context: Any, project_path: Path) -> str:

@@ -242,3 +242,28 @@ def test_a_token_the_proxy_refuses_stops_the_step_with_the_cause_in_words(
     assert [r.reason.split(" is not ")[0] for r in stack.proxy.rejections] == [
         "audience 'another-client.apps'"
     ]
+
+
+def test_mlflow_yml_server_credentials_are_exported_as_kedro_mlflow_does(
+    stack: AuthStack, env: dict[str, str], client, tmp_path: Path
+) -> None:
+    """``server.credentials`` names a credentials.yml entry of environment variables; here a
+    bearer token the IAP-like proxy accepts, with no request header provider configured."""
+    token = stack.google.mint_id_token(AUDIENCE, IAM_ACCOUNT, lifetime_s=600)
+    project = Project.copy(tmp_path / "project")
+    server = {"mlflow_tracking_uri": stack.proxy.url, "credentials": "mlflow_creds"}
+    (project.root / "conf" / "local" / "mlflow.yml").write_text(yaml.safe_dump({"server": server}))
+    credentials = {"mlflow_creds": {"MLFLOW_TRACKING_TOKEN": token}}
+    (project.root / "conf" / "local" / "credentials.yml").write_text(yaml.safe_dump(credentials))
+    run_id = client.create_run(client.create_experiment("auth-credentials")).info.run_id
+    env["MLFLOW_RUN_ID"] = run_id
+
+    outputs = []
+    for nodes in (SAMPLE_NODES[:6], SAMPLE_NODES[6:]):
+        result = project.run_nodes(nodes, env)
+        outputs.append(result.stdout + result.stderr)
+        assert_ok(result.returncode, outputs[-1])
+
+    assert_every_node_completed(client, run_id)
+    assert stack.proxy.rejections == [] and stack.proxy.tokens_seen == {token}
+    assert all(token not in output for output in outputs)

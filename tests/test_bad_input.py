@@ -137,6 +137,12 @@ def output_of(result) -> str:
             "run_config: {mlflow: {request_header_provider_param: {}}}",
             "unknown key 'run_config.mlflow.request_header_provider_param'",
         ),
+        (
+            "mlflow",
+            "server: {credentials: mlflow_creds}",
+            "server.credentials names 'mlflow_creds', but conf/{base,local}/credentials.yml has "
+            "no mapping under that key",
+        ),
     ],
     ids=[
         "unknown-key",
@@ -146,6 +152,7 @@ def output_of(result) -> str:
         "not-a-mapping",
         "vertexai-wrong-type",
         "vertexai-unknown-key",
+        "credentials-missing",
     ],
 )
 def test_broken_configuration_fails_before_any_node_naming_file_and_key(
