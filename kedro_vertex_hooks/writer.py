@@ -39,6 +39,7 @@ _CONFLICT_MESSAGE = "Changing param values is not allowed"
 # "API request to <url> failed with exception HTTPConnectionPool(...): Max retries exceeded
 # with url: ... (Caused by ResponseError('too many 503 error responses'))"
 _HTTP_CAUSE = re.compile(r"^(?P<request>.*?) failed with exception .*\(Caused by (?P<cause>.*)\)$")
+_TLS_FAILURE_SIGNS = ("SSLError", "CERTIFICATE_VERIFY_FAILED", "certificate verify failed")
 T = TypeVar("T")
 LINGER_S = 0.02  # how long the background thread waits for more writes before sending
 
@@ -129,7 +130,12 @@ class OutageClock:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for errors worth retrying: no connection, timeouts, 5xx and 429 answers."""
+    """True for errors worth retrying: no connection, timeouts, 5xx and 429 answers.
+
+    A TLS failure (an untrusted certificate) is not an outage: waiting does not fix it.
+    """
+    if any(sign in str(exc) for sign in _TLS_FAILURE_SIGNS):
+        return False
     mlflow_exceptions = sys.modules.get("mlflow.exceptions")  # never import MLflow for this
     rest_errors: tuple[type[BaseException], ...] = (RestApiError,)
     if mlflow_exceptions is not None:

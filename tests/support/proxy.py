@@ -17,6 +17,7 @@ import http.client
 import json
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -341,7 +342,13 @@ class MlflowProxy:
     (``"POST /api/2.0/mlflow/runs/log-batch"``).
     """
 
-    def __init__(self, upstream_uri: str, latency_s: float = 0.025, port: int = 0) -> None:
+    def __init__(
+        self,
+        upstream_uri: str,
+        latency_s: float = 0.025,
+        port: int = 0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         parts = urlsplit(upstream_uri)
         if parts.hostname != "127.0.0.1" or parts.port is None:
             raise ValueError(f"upstream must be http://127.0.0.1:<port>, got {upstream_uri!r}")
@@ -349,6 +356,7 @@ class MlflowProxy:
         self.upstream_netloc = parts.netloc
         self.latency_s = latency_s
         self.port = port
+        self.tls = tls  # serve https with this server context
         self._lock = threading.Condition()
         self._faults: list[_Fault] = []
         self._connections: set[socket.socket] = set()
@@ -360,12 +368,14 @@ class MlflowProxy:
 
     @property
     def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> MlflowProxy:
         server = _Server(("127.0.0.1", self.port), _Handler)
         server.proxy = self
+        if self.tls is not None:
+            server.socket = self.tls.wrap_socket(server.socket, server_side=True)
         self.port = server.server_address[1]
         self._server = server
         self._serve_thread = threading.Thread(
