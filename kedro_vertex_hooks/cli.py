@@ -229,12 +229,17 @@ def doctor_command(metadata: Any, env: str | None) -> None:
         click.echo(f"Tracking URI: {config.tracking_uri} ({config.tracking_uri_source})")
         click.echo(f"Experiment:   {config.experiment_name}")
         click.echo(f"Run:          {RunSource.from_env().describe()}")
-        client = _connect(config, options, context)  # a provider that fails stops here
+        from kedro_vertex_hooks.session import connect, why_mlflow_client
+
+        why_mlflow = why_mlflow_client(config.tracking_uri, options)
+        steps_use = f"MlflowClient ({why_mlflow})" if why_mlflow else "REST, without MLflow"
+        click.echo(f"Node steps:   {steps_use}")
+        client = connect(config, options, context)  # a provider that fails stops here
         provider = installed_provider()
         for line in provider.describe() if provider else ["request header provider: none"]:
             click.echo(f"Auth:         {line}")
         try:
-            client.search_experiments(max_results=1)
+            client.get_experiment_by_name(config.experiment_name)  # as a node step would
         except Exception as exc:
             reason = explain_refusal(exc, provider)
             if reason is None:

@@ -54,6 +54,10 @@ class RestApiError(Exception):
         return self.status_code
 
 
+class RestConnectionError(ConnectionError):
+    """A REST call got no answer (refused, timed out, TLS); the message names the URL."""
+
+
 @dataclass(frozen=True)
 class RunInfo:
     run_id: str
@@ -242,7 +246,11 @@ class RestTrackingClient:
             request["params"] = payload
         else:
             request["json"] = payload
-        response = session.request(method, url, **request)
+        try:
+            response = session.request(method, url, **request)
+        except OSError as exc:  # requests' errors: no connection, timeouts, TLS
+            # Worded like the MLflow client's, so errors read the same whichever client sent.
+            raise RestConnectionError(f"API request to {url} failed with exception {exc}") from exc
         if response.status_code == 200:
             return response.json() if response.content.strip() else {}
         try:

@@ -129,9 +129,7 @@ def connect(
     """
     _prepare_connection(config, options, kedro_context)
     uri = config.tracking_uri
-    why_mlflow = (
-        "use_mlflow_client=True" if options.use_mlflow_client else rest_client_unsuitable(uri)
-    )
+    why_mlflow = why_mlflow_client(uri, options)
     if why_mlflow is None:
         os.environ["MLFLOW_TRACKING_URI"] = uri  # for worker processes and user code
         return RestTrackingClient(uri)
@@ -139,6 +137,13 @@ def connect(
     from kedro_vertex_hooks.mlflow_client import mlflow_tracking_client
 
     return mlflow_tracking_client(uri)
+
+
+def why_mlflow_client(tracking_uri: str, options: HookOptions) -> str | None:
+    """Why node steps use ``MlflowClient`` for ``tracking_uri``; None when they talk REST."""
+    if options.use_mlflow_client:
+        return "MlflowRunHooks(use_mlflow_client=True)"
+    return rest_client_unsuitable(tracking_uri)
 
 
 def connect_mlflow(

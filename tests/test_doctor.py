@@ -32,6 +32,7 @@ def test_doctor_reports_a_working_authenticated_set_up(stack, project, tmp_path)
     code, out, err = doctor(project, env, provider, stack.proxy.url)
     assert code == 0, out + err
     assert f"Tracking URI: {stack.proxy.url}" in out
+    assert "Node steps:   REST, without MLflow" in out
     assert "request header provider: gcp-oauth" in out
     assert f"audience: {AUDIENCE}" in out
     assert "token expires:" in out
