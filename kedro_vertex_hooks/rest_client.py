@@ -306,7 +306,9 @@ def _new_session(url: str, max_retries: int, backoff_factor: float) -> Any:
         status=max_retries,
         status_forcelist=RETRY_STATUS_CODES,
         backoff_factor=backoff_factor,
-        allowed_methods=frozenset({"GET", "POST"}),
+        # Reads only: a write that timed out or got a 5xx is retried by the writer, which
+        # then knows it came late (and that an old copy may land after a newer value).
+        allowed_methods=frozenset({"GET"}),
         raise_on_status=False,
     )
     session = requests.Session()

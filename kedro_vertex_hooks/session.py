@@ -425,8 +425,11 @@ class TrackingSession:
         return target or RUNNING
 
     def _cannot_be_complete(self, downstream_nodes: Iterable[str]) -> bool:
+        """True when the end read can be skipped; never after a write that came late, whose
+        old copy could have overwritten a node status (the read repairs that)."""
         run = self._run
-        if run is None or run.status != RUNNING:
+        report = self.writer.report
+        if run is None or run.status != RUNNING or report.delivered_late or report.given_up:
             return False
         return any(
             run.tags.get(node_key(TAG_NODE_STATUS, name)) != NODE_COMPLETED

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from kedro_vertex_hooks.naming import (
@@ -248,3 +250,22 @@ def test_a_step_reads_the_run_at_its_end_only_when_the_pipeline_may_be_complete(
     assert run.info.status == "FINISHED"  # set by the last step, after its end read
     for name in SAMPLE_NODES:
         assert run.data.tags[node_key(TAG_NODE_STATUS, name)] == "completed", name
+
+
+def test_a_step_whose_write_came_late_reads_the_run_at_its_end(client, mlflow_server, project):
+    """A retried write may have an old copy landing later: even a step that cannot complete
+    the pipeline then reads the run at its end, to write overwritten node statuses again."""
+    run_id = new_run(client, "late-write")
+    with MlflowProxy(mlflow_server.uri, latency_s=0) as proxy:
+        env = base_env(MLFLOW_TRACKING_URI=proxy.uri, MLFLOW_RUN_ID=run_id)
+        proxy.fail(503, count=1, path_contains="runs/log-batch")
+        result = project.run_nodes(SAMPLE_NODES[:1], env)
+        proxy.wait_idle()
+        run_reads = proxy.stats().by_endpoint.get(GET_RUN, 0)
+
+    assert_ok(result)
+    assert re.search(r"delivered, [1-9]\d* of them late", result.stdout + result.stderr)
+    assert run_reads == 2  # the start read and the end read
+    run = client.get_run(run_id)
+    assert run.info.status == "RUNNING"
+    assert run.data.tags[node_key(TAG_NODE_STATUS, SAMPLE_NODES[0])] == "completed"
