@@ -48,7 +48,6 @@ class RestApiError(Exception):
         super().__init__(f"{error_code} (HTTP {status_code}): {message}")
         self.status_code = status_code
         self.error_code = error_code
-        self.message = message
 
     def get_http_status_code(self) -> int:
         return self.status_code
@@ -65,20 +64,18 @@ class RunInfo:
     status: str
     lifecycle_stage: str
     start_time: int | None = None
-    end_time: int | None = None
-    run_name: str | None = None
 
 
 @dataclass(frozen=True)
 class RunData:
     params: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Run:
-    """A run as ``MlflowClient.get_run`` shows it (``info`` and ``data``), for what we read."""
+    """A run shaped like ``MlflowClient.get_run``'s (``info``, ``data``), with what the hooks
+    read of it."""
 
     info: RunInfo
     data: RunData
@@ -93,13 +90,10 @@ class Run:
                 status=info.get("status", "RUNNING"),
                 lifecycle_stage=info.get("lifecycle_stage", "active"),
                 start_time=_optional_int(info.get("start_time")),
-                end_time=_optional_int(info.get("end_time")),
-                run_name=info.get("run_name"),
             ),
             data=RunData(
                 params=_pairs(data.get("params", ())),
                 tags=_pairs(data.get("tags", ())),
-                metrics={m["key"]: float(m["value"]) for m in data.get("metrics", ())},
             ),
         )
 
@@ -107,7 +101,6 @@ class Run:
 @dataclass(frozen=True)
 class Experiment:
     experiment_id: str
-    name: str
     lifecycle_stage: str
 
 
@@ -229,7 +222,7 @@ class RestTrackingClient:
                 return None
             raise
         found = body["experiment"]
-        return Experiment(found["experiment_id"], found["name"], found["lifecycle_stage"])
+        return Experiment(found["experiment_id"], found["lifecycle_stage"])
 
     def create_experiment(self, name: str) -> str:
         return str(self._call("POST", "/experiments/create", {"name": name})["experiment_id"])
