@@ -246,11 +246,9 @@ class RestTrackingClient:
             raise RestConnectionError(f"API request to {url} failed with exception {exc}") from exc
         if response.status_code == 200:
             return response.json() if response.content.strip() else {}
-        try:
-            error = response.json()
-            raise RestApiError(response.status_code, error["error_code"], error.get("message", ""))
-        except (ValueError, KeyError, TypeError):
-            pass
+        error = _mlflow_error(response)
+        if error is not None:
+            raise RestApiError(response.status_code, *error)
         raise RestApiError(
             response.status_code,
             _error_code_for(response.status_code),
@@ -346,6 +344,18 @@ def _request_headers() -> dict[str, str]:
     elif token:
         headers["Authorization"] = f"Bearer {token}"
     return headers
+
+
+def _mlflow_error(response: Any) -> tuple[str, str] | None:
+    """(error_code, message) of MLflow's JSON error body; None for anything else (a proxy's
+    HTML page, say)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or "error_code" not in body:
+        return None
+    return str(body["error_code"]), str(body.get("message", ""))
 
 
 def _error_code_for(status: int) -> str:
