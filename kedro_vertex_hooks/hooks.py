@@ -52,21 +52,18 @@ def _pipeline_name(run_params: dict[str, Any]) -> str:
     return names if isinstance(names, str) else "+".join(names)
 
 
-def pipeline_node_names(pipeline_name: str) -> list[str]:
-    """Node names of the whole pipeline a step belongs to (not its ``--nodes`` subset).
-
-    ``pipeline_name`` may join several registered pipelines with ``+``; empty when the
-    project does not register one of them.
-    """
+def _registered_pipelines(pipeline_name: str) -> list[Any]:
+    """The registered pipelines ``pipeline_name`` joins with ``+``; empty when the project
+    does not register one of them."""
     from kedro.framework.project import pipelines
 
-    nodes: list[str] = []
-    for name in pipeline_name.split("+"):
-        pipeline = pipelines.get(name)
-        if pipeline is None:
-            return []
-        nodes.extend(node.name for node in pipeline.nodes)
-    return nodes
+    found = [pipelines.get(name) for name in pipeline_name.split("+")]
+    return [] if any(pipeline is None for pipeline in found) else found
+
+
+def pipeline_node_names(pipeline_name: str) -> list[str]:
+    """Node names of the whole pipeline a step belongs to (not its ``--nodes`` subset)."""
+    return [node.name for p in _registered_pipelines(pipeline_name) for node in p.nodes]
 
 
 def downstream_node_names(pipeline_name: str, step_nodes: Iterable[str]) -> list[str]:
@@ -75,14 +72,9 @@ def downstream_node_names(pipeline_name: str, step_nodes: Iterable[str]) -> list
     An orchestrator starts them only after this step, so while one of them is unfinished the
     pipeline cannot be complete at this step's end.
     """
-    from kedro.framework.project import pipelines
-
     step = set(step_nodes)
     found: list[str] = []
-    for name in pipeline_name.split("+"):
-        pipeline = pipelines.get(name)
-        if pipeline is None:
-            return []
+    for pipeline in _registered_pipelines(pipeline_name):
         ours = [node.name for node in pipeline.nodes if node.name in step]
         if ours:
             found.extend(n.name for n in pipeline.from_nodes(*ours).nodes if n.name not in step)

@@ -7,7 +7,6 @@ makes in its own terms (:meth:`MlflowTrackingClient.log_values`), the same call
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 import mlflow
@@ -40,10 +39,8 @@ class MlflowTrackingClient(MlflowClient):
 def mlflow_tracking_client(tracking_uri: str) -> MlflowTrackingClient:
     """A client for ``tracking_uri`` that sends the installed provider's header once.
 
-    The URI is also made MLflow's default (``MLFLOW_TRACKING_URI`` and the fluent API's), so
-    kedro-mlflow's datasets and worker processes talk to the same server.
+    The URI is also made the fluent API's default, for kedro-mlflow's datasets.
     """
     ensure_single_registration()
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     mlflow.set_tracking_uri(tracking_uri)
     return MlflowTrackingClient(tracking_uri=tracking_uri)

@@ -131,7 +131,6 @@ def connect(
     uri = config.tracking_uri
     why_mlflow = why_mlflow_client(uri, options)
     if why_mlflow is None:
-        os.environ["MLFLOW_TRACKING_URI"] = uri  # for worker processes and user code
         return RestTrackingClient(uri)
     logger.debug("Tracking through MlflowClient: %s", why_mlflow)
     from kedro_vertex_hooks.mlflow_client import mlflow_tracking_client
@@ -159,7 +158,11 @@ def connect_mlflow(
 def _prepare_connection(
     config: ProjectConfig | SessionSpec, options: HookOptions, kedro_context: Any
 ) -> None:
-    """Check the URI can be served here, bound MLflow's HTTP waits, install the provider."""
+    """Check the URI can be served here, bound MLflow's HTTP waits, install the provider.
+
+    The URI is exported (``MLFLOW_TRACKING_URI``) for worker processes, kedro-mlflow's
+    datasets and user code.
+    """
     uri = config.tracking_uri
     if uri.startswith("sqlite:") and importlib.util.find_spec("sqlalchemy") is None:
         raise ConfigError(
@@ -168,6 +171,7 @@ def _prepare_connection(
             "in conf/<env>/mlflow.yml (or MLFLOW_TRACKING_URI) to your tracking server."
         )
     apply_http_defaults(options)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
     provider = config.header_provider
     if provider.type:
         from kedro_vertex_hooks.auth import install_header_provider

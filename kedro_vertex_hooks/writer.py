@@ -411,7 +411,7 @@ class RunWriter:
                 timestamp_ms=int(time.time() * 1000),
             )
         except Exception as exc:
-            if _CONFLICT_MESSAGE not in str(exc) or is_transient(exc):
+            if _CONFLICT_MESSAGE not in str(exc):
                 raise
             # Another container logged one of these keys since we read the run: refresh once.
             self._known_params.update(self._client.get_run(self.run_id).data.params)
