@@ -412,11 +412,7 @@ class Bench:
             text=True,
             check=False,
         )
-        loaded = {
-            line.rsplit("|", 1)[-1].strip()
-            for line in help_run.stderr.splitlines()
-            if line.startswith("import time:")
-        }
+        loaded = imported_modules(help_run.stderr)
         checks["kedro --help (project with ours)"] = {
             "mlflow": "mlflow" in loaded,
             "google_auth": "google.auth" in loaded,
@@ -441,12 +437,7 @@ class Bench:
                 text=True,
                 check=True,
             )
-            loaded = {
-                line.rsplit("|", 1)[-1].strip()
-                for line in done.stderr.splitlines()
-                if line.startswith("import time:")
-            }
-            found[contender] = "mlflow" in loaded
+            found[contender] = "mlflow" in imported_modules(done.stderr)
         self.proxy.reset_stats()
         return found
 
@@ -479,6 +470,15 @@ class Bench:
                 laps.append(float(out.stdout.strip().splitlines()[-1]))
             seconds[contender] = round(statistics.median(laps), 3)
         return seconds
+
+
+def imported_modules(importtime_log: str) -> set[str]:
+    """Module names a ``python -X importtime`` run printed on stderr."""
+    return {
+        line.rsplit("|", 1)[-1].strip()
+        for line in importtime_log.splitlines()
+        if line.startswith("import time:")
+    }
 
 
 def _children_cpu_s() -> float:
