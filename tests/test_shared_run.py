@@ -41,6 +41,14 @@ def new_run(client, name: str) -> str:
     return client.create_run(experiment_id, tags={TAG_JOB_ID: f"job-{name}"}).info.run_id
 
 
+def assert_finished_with_every_node_completed(run) -> None:
+    assert run.info.status == "FINISHED"
+    for key, value in EXPECTED_PARAMS.items():
+        assert run.data.params[key] == value, key
+    for name in SAMPLE_NODES:
+        assert run.data.tags[node_key(TAG_NODE_STATUS, name)] == "completed", name
+
+
 def assert_ok(result) -> None:
     code, output = (result.returncode, result.stdout) if hasattr(result, "stdout") else result
     assert code == 0, output[-4000:]
@@ -177,11 +185,8 @@ def test_every_runner_logs_into_the_one_run(client, mlflow_server, project, runn
         env["KEDRO_MP_CONTEXT"] = mp_context
     assert_ok(project.run(["run", "--runner", runner], env))
     run = client.get_run(run_id)
-    assert run.info.status == "FINISHED"
-    for key, value in EXPECTED_PARAMS.items():
-        assert run.data.params[key] == value, key
+    assert_finished_with_every_node_completed(run)
     for name in SAMPLE_NODES:
-        assert run.data.tags[node_key(TAG_NODE_STATUS, name)] == "completed", name
         assert node_key(METRIC_NODE_DURATION, name) in run.data.metrics
     experiment_id = run.info.experiment_id
     assert len(client.search_runs([experiment_id])) == 1
@@ -220,12 +225,7 @@ def test_use_mlflow_client_logs_the_same_run_through_mlflow(client, mlflow_serve
     assert client.get_run(run_id).info.status == "RUNNING"
     assert_ok(project.run_nodes(SAMPLE_NODES[5:], env))
 
-    run = client.get_run(run_id)
-    assert run.info.status == "FINISHED"
-    for key, value in EXPECTED_PARAMS.items():
-        assert run.data.params[key] == value, key
-    for name in SAMPLE_NODES:
-        assert run.data.tags[node_key(TAG_NODE_STATUS, name)] == "completed", name
+    assert_finished_with_every_node_completed(client.get_run(run_id))
     assert [a.path for a in client.list_artifacts(run_id, "report")] == ["report/report.json"]
 
 
