@@ -25,6 +25,11 @@ from kedro_vertex_hooks.kedro_mlflow_compat import (
     point_datasets_at_run,
     switch_off_kedro_mlflow_hook,
 )
+from kedro_vertex_hooks.kedro_vertexai_compat import (
+    in_kedro_vertexai_start_step,
+    keep_start_step_run_running,
+    switch_off_kedro_vertexai_tags_hook,
+)
 from kedro_vertex_hooks.resolve import RunSource
 
 if TYPE_CHECKING:
@@ -130,6 +135,9 @@ class MlflowRunHooks:
         self._context = context
         self._config = load_project_config(context)
         switch_off_kedro_mlflow_hook(context)
+        switch_off_kedro_vertexai_tags_hook(context)
+        if in_kedro_vertexai_start_step():
+            keep_start_step_run_running()
         if self._source.mode == "resume":
             self._opening = _in_background(self._open_session)
 
@@ -152,7 +160,7 @@ class MlflowRunHooks:
                 raise
             logger.warning("%s Running this step UNTRACKED: nothing of it reaches MLflow.", exc)
             return
-        self._session.begin_pipeline(name)
+        self._session.begin_pipeline(name, self._pipeline_nodes)
         self._session_pid = os.getpid()
         self._restore_env = self._session.export_to_children()
         logger.info(

@@ -235,6 +235,7 @@ class TrackingSession:
         self._started: dict[str, float] = {}
         self._lock = threading.Lock()
         self._pending_run_tags: dict[str, str] = {}
+        self._pending_status: str | None = None
         self._failure_recorded = False
         self._saving: dict[str, tuple[set[str], Write]] = {}  # node -> outputs not yet saved
         self.writer = RunWriter(
@@ -303,10 +304,15 @@ class TrackingSession:
         os.environ[ENV_RUN_ID] = self.run_id
         return previous
 
-    def begin_pipeline(self, pipeline_name: str) -> None:
-        """Tag the run with the pipeline and the job, with the first node's write."""
+    def begin_pipeline(self, pipeline_name: str, pipeline_nodes: Iterable[str]) -> None:
+        """Tag the run with the pipeline and the job, with the first node's write; a run
+        that something else ended early (a start step's fluent run) is RUNNING again."""
         with self._lock:
             self._pending_run_tags = self._missing_run_tags(pipeline_name)
+            if self._run is not None and self.source.mode != "local":
+                self._pending_status = step_start_status(
+                    self._run.status, self._run.tags, pipeline_nodes
+                )
 
     def _missing_run_tags(self, pipeline_name: str) -> dict[str, str]:
         """Correlation tags the run lacks: set once, with the first node's write."""
@@ -324,6 +330,7 @@ class TrackingSession:
         with self._lock:
             self._started[node_name] = time.monotonic()
             run_tags, self._pending_run_tags = self._pending_run_tags, {}
+            status, self._pending_status = self._pending_status, None
         tags = {
             **run_tags,
             **prepared.tags,
@@ -332,7 +339,7 @@ class TrackingSession:
             node_key(TAG_NODE_STARTED, node_name): utc_now(),
             node_key(TAG_NODE_HOST, node_name): socket.gethostname(),
         }
-        self.writer.submit(Write(params=prepared.params, tags=tags))
+        self.writer.submit(Write(params=prepared.params, tags=tags, status=status))
 
     def node_ran(self, node_name: str, outputs: Iterable[str]) -> None:
         """The node's function returned: it is ``completed`` once its outputs are saved.
@@ -469,7 +476,25 @@ def _refused(exc: Exception, source: RunSource, tracking_uri: str) -> TrackingEr
     )
 
 
-def step_end_status(status: str, tags: Mapping[str, str], pipeline_nodes: Iterable[str]) -> str:
+def step_start_status(
+    status: str, tags: Mapping[str, str], pipeline_nodes: Iterable[str]
+) -> str | None:
+    """The status a step's first write sets; None to leave it.
+
+    A run that reads FINISHED (or KILLED) while a node of the pipeline has not completed was
+    ended early by something else, e.g. the fluent run of kedro-vertexai's start step, which
+    MLflow ends FINISHED at that process's exit: it is RUNNING again. FAILED stays.
+    """
+    if status in (RUNNING, FAILED) or TAG_FAILED_NODE in tags:
+        return None
+    if all(tags.get(node_key(TAG_NODE_STATUS, n)) == NODE_COMPLETED for n in pipeline_nodes):
+        return None
+    return RUNNING
+
+
+def step_end_status(
+    status: str, tags: Mapping[str, str], pipeline_nodes: Iterable[str]
+) -> str | None:
     """The run status after a step, given what the run holds now; None when unchanged.
 
     FAILED is sticky; FINISHED only when every node of the pipeline completed; otherwise

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Set up everything from a fresh clone (idempotent, quick when already done):
-#   .venv         the package with its test extras, kedro-mlflow and sample_project;
-#   .venv-skinny  the package on the client-only MLflow (mlflow-skinny), no kedro-mlflow,
-#                 as a slim production image would have it (used by the tests).
+#   .venv           the package with its test extras, kedro-mlflow 2.x and sample_project
+#                   (MLflow 3, full);
+#   .venv-skinny    the package on the client-only MLflow 3 (mlflow-skinny), no kedro-mlflow,
+#                   as a slim production image would have it;
+#   .venv-vertexai  a kedro-vertexai project's image: kedro-vertexai[mlflow]==1.0.0 (MLflow 2,
+#                   kedro-mlflow 1.x) plus this package, resolved by pip as a user's would be;
+#   .venv-mlflow-2.14 / .venv-mlflow-3.0
+#                   the oldest MLflow client of each supported line (mlflow-skinny).
+# The tests use all of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -17,8 +23,14 @@ make_venv() {
 }
 
 make_venv .venv -e ".[test,kedro-mlflow]" -e ./sample_project
-make_venv .venv-skinny -e ".[gcp]" -e ./sample_project
+make_venv .venv-skinny -e ".[mlflow-skinny,gcp]" -e ./sample_project
 if .venv-skinny/bin/python -c "import sqlalchemy" 2>/dev/null; then
     echo "bootstrap: .venv-skinny must hold the client-only MLflow, but sqlalchemy is there" >&2
     exit 1
 fi
+# kedro-mlflow 1.x imports kedro_datasets without declaring it (see docs/kedro-vertexai.md).
+# The tests also serve MLflow 2 from here, whose server needs SQLAlchemy < 2.1.
+make_venv .venv-vertexai "kedro-vertexai[mlflow]==1.0.0" "kedro-datasets>=4" "sqlalchemy<2.1" \
+    -e . -e ./sample_project
+make_venv .venv-mlflow-2.14 "mlflow-skinny==2.14.3" -e . -e ./sample_project
+make_venv .venv-mlflow-3.0 "mlflow-skinny==3.0.1" -e . -e ./sample_project

@@ -18,22 +18,10 @@ from kedro_vertex_hooks.naming import (
     TAG_PARAM_CONFLICT,
     node_key,
 )
-from tests.support.project import SAMPLE_NODES, SAMPLE_STEPS, base_env
+from tests.support.project import EXPECTED_PARAMS, SAMPLE_NODES, SAMPLE_STEPS, base_env
 from tests.support.proxy import MlflowProxy
 
 GET_RUN = "GET /api/2.0/mlflow/runs/get"
-
-EXPECTED_PARAMS = {
-    "data.n_rows": "200",
-    "data.seed": "42",
-    "cleaning.clip.low": "-5.0",
-    "model.linear.regularization.l2": "0.01",
-    "model.linear.epochs": "40",
-    "model.tree.min_samples.leaf": "2",
-    "selection.metric": "mae",
-    "report.api_token": "***",
-    "failure.fail": "False",
-}
 
 
 def new_run(client, name: str) -> str:

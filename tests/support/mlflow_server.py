@@ -23,7 +23,10 @@ def free_port() -> int:
 class MlflowServer:
     """``mlflow server --workers 1`` on a free loopback port; ``stop()`` kills its group."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, python: str | Path | None = None
+    ) -> None:
+        self.python = str(python or sys.executable)  # another venv's MLflow, if given
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -37,7 +40,7 @@ class MlflowServer:
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
         self._process = subprocess.Popen(
             [
-                sys.executable,
+                self.python,
                 "-m",
                 "mlflow",
                 "server",

@@ -28,6 +28,19 @@ SAMPLE_STEPS: tuple[tuple[str, ...], ...] = (
 )
 SAMPLE_NODES = tuple(name for step in SAMPLE_STEPS for name in step)
 
+# Some of the params every run of sample_project holds (dicts flattened, secrets masked).
+EXPECTED_PARAMS = {
+    "data.n_rows": "200",
+    "data.seed": "42",
+    "cleaning.clip.low": "-5.0",
+    "model.linear.regularization.l2": "0.01",
+    "model.linear.epochs": "40",
+    "model.tree.min_samples.leaf": "2",
+    "selection.metric": "mae",
+    "report.api_token": "***",
+    "failure.fail": "False",
+}
+
 
 def base_env(**extra: str) -> dict[str, str]:
     """The environment of a pipeline container: telemetry off, no inherited run."""

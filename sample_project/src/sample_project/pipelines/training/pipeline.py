@@ -1,4 +1,8 @@
-"""Twelve named nodes; data stats and the two model branches run in parallel."""
+"""Thirteen named nodes; data stats and the two model branches run in parallel.
+
+The ``group.*`` tags are kedro-vertexai's grouping convention (``TagNodeGrouper``): with
+grouping on, each group's nodes run in one step (``kedro run --nodes "a,b,..."``).
+"""
 
 from kedro.pipeline import Pipeline, node
 
@@ -18,15 +22,29 @@ def create_pipeline() -> Pipeline:
                 ["train_set", "params:model.linear"],
                 "linear_model",
                 name="train_linear",
+                tags="group.models",
             ),
-            node(n.train_tree, ["train_set", "params:model.tree"], "tree_model", name="train_tree"),
+            node(
+                n.train_tree,
+                ["train_set", "params:model.tree"],
+                "tree_model",
+                name="train_tree",
+                tags="group.models",
+            ),
             node(
                 n.evaluate_linear,
                 ["linear_model", "test_set"],
                 "linear_metrics",
                 name="evaluate_linear",
+                tags="group.models",
             ),
-            node(n.evaluate_tree, ["tree_model", "test_set"], "tree_metrics", name="evaluate_tree"),
+            node(
+                n.evaluate_tree,
+                ["tree_model", "test_set"],
+                "tree_metrics",
+                name="evaluate_tree",
+                tags="group.models",
+            ),
             node(
                 n.select_model,
                 ["linear_metrics", "tree_metrics", "params:selection"],
@@ -40,8 +58,12 @@ def create_pipeline() -> Pipeline:
                 name="write_report",
             ),
             node(
-                n.quality_gate, ["report", "params:failure"], "approved_report", name="quality_gate"
+                n.quality_gate,
+                ["report", "params:failure"],
+                "approved_report",
+                name="quality_gate",
+                tags="group.release",
             ),
-            node(n.publish, "approved_report", "publication", name="publish"),
+            node(n.publish, "approved_report", "publication", name="publish", tags="group.release"),
         ]
     )

@@ -1,0 +1,195 @@
+"""The kedro-vertexai drop-in: the pipeline kedro-vertexai 1.0.0 compiles, run task by task.
+
+sample_project is compiled by kedro-vertexai itself (``kedro vertexai compile``) in its own
+image environment (kedro-vertexai[mlflow]==1.0.0, kedro-mlflow 1.x, MLflow 2.x, this package;
+settings.py with nothing but ``HOOKS = (MlflowRunHooks(),)``), then every task of the spec runs
+as Vertex AI runs it (scripts/run_vertexai_spec.py): its command exactly as compiled, one
+process each, placeholders filled, parallel branches together, against a real MLflow 2.x
+server. The run is read after every task, as a person refreshing the UI would see it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from kedro_vertex_hooks.naming import (
+    TAG_ERROR,
+    TAG_FAILED_NODE,
+    TAG_JOB_ID,
+    TAG_JOB_NAME,
+    TAG_LATEST_NODE,
+    TAG_NODE_STATUS,
+    TAG_PIPELINE,
+    node_key,
+)
+from tests.support.mlflow_server import MlflowServer
+from tests.support.project import EXPECTED_PARAMS, SAMPLE_NODES, base_env
+from tests.support.tracked import every_run_id
+from tests.support.vertexai import (
+    VERTEXAI_PYTHON,
+    VERTEXAI_VENV,
+    compile_spec,
+    executor,
+    step_nodes,
+    vertexai_project,
+)
+
+START_TASK = "mlflow-start-run"
+FAILING_NODE = "train_tree"
+# Downstream of train_tree: never started once it failed (Vertex skips what depends on it).
+NEVER_RUN = {"evaluate_tree", "select_model", "write_report", "quality_gate", "publish"}
+
+
+@pytest.fixture(scope="module")
+def server_2x(tmp_path_factory: pytest.TempPathFactory):
+    """The tracking server of a kedro-vertexai shop: MLflow 2.x (the image's own)."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-2x"), python=VERTEXAI_PYTHON).start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class Seen:
+    """The run as it read right after one task ended."""
+
+    task: str
+    nodes: list[str]
+    returncode: int | None
+    run_ids: set[str]
+    status: str
+    name: str
+    node_status: dict[str, str]
+
+
+def run_compiled(project, spec: Path, client, uri: str, workdir: Path, job_id: str, job_name: str):
+    """Run every task of the spec; what the server held after each one, in order."""
+    tasks = executor.load_tasks(spec)
+    seen: list[Seen] = []
+    lock = threading.Lock()
+
+    def after(result) -> None:
+        run_ids = every_run_id(client)
+        run = client.get_run(next(iter(run_ids))) if len(run_ids) == 1 else None
+        tags = run.data.tags if run else {}
+        with lock:
+            seen.append(
+                Seen(
+                    task=result.name,
+                    nodes=step_nodes(tasks[result.name]),
+                    returncode=result.returncode,
+                    run_ids=run_ids,
+                    status=run.info.status if run else "",
+                    name=run.info.run_name if run else "",
+                    node_status={
+                        n: tags.get(node_key(TAG_NODE_STATUS, n), "") for n in SAMPLE_NODES
+                    },
+                )
+            )
+
+    results = executor.run_spec(
+        spec,
+        project.root,
+        workdir,
+        VERTEXAI_VENV / "bin",
+        base_env(MLFLOW_TRACKING_URI=uri),
+        job_name=job_name,
+        job_id=job_id,
+        on_task_end=after,
+        echo=lambda line: None,
+    )
+    return tasks, results, seen
+
+
+def logs(results) -> str:
+    return "\n".join(
+        f"--- {r.name} (exit {r.returncode})\n{r.log.read_text()[-3000:]}"
+        for r in results.values()
+        if r.log is not None and r.returncode != 0
+    )
+
+
+@pytest.mark.parametrize("grouping", [False, True], ids=["one-node-per-step", "tag-grouping"])
+def test_compiled_pipeline_leaves_one_run_running_then_finished(
+    grouping, server_2x, tmp_path: Path
+):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(server_2x.uri)
+    project = vertexai_project(tmp_path / "project", grouping=grouping)
+    spec = compile_spec(project)
+    before = every_run_id(client)
+    job_id, job_name = f"job-{tmp_path.name}", f"sample-project-{tmp_path.name}"[:60]
+    tasks, results, seen = run_compiled(
+        project, spec, client, server_2x.uri, tmp_path / "vertex", job_id, job_name
+    )
+
+    assert all(r.returncode == 0 for r in results.values()), logs(results)
+    if grouping:
+        assert any(len(step_nodes(t)) > 1 for t in tasks.values()), "grouping compiled no group"
+    first, *node_steps = seen
+    assert first.task == START_TASK
+    run_id = (first.run_ids - before).pop()
+    assert first.status == "RUNNING", "the start step's fluent run must not end FINISHED"
+    for step in seen:
+        assert step.run_ids - before == {run_id}, f"one run per execution (after {step.task})"
+        assert step.name == first.name, f"the run was renamed by {step.task}"
+        for node in step.nodes:
+            assert step.node_status[node] == "completed", (step.task, node)
+    assert [s.status for s in node_steps[:-1]] == ["RUNNING"] * (len(node_steps) - 1)
+    assert node_steps[-1].status == "FINISHED"
+
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == first.name
+    for key, value in EXPECTED_PARAMS.items():
+        assert run.data.params[key] == value, key
+    for node in SAMPLE_NODES:
+        assert run.data.tags[node_key(TAG_NODE_STATUS, node)] == "completed", node
+    assert run.data.tags[TAG_JOB_ID] == job_id
+    assert run.data.tags[TAG_JOB_NAME] == job_name
+    assert run.data.tags[TAG_PIPELINE] == "__default__"
+    assert run.data.tags[TAG_LATEST_NODE] in node_steps[-1].nodes
+
+
+@pytest.mark.parametrize("grouping", [False, True], ids=["one-node-per-step", "tag-grouping"])
+def test_compiled_pipeline_with_a_failing_node_stays_failed(grouping, server_2x, tmp_path: Path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(server_2x.uri)
+    project = vertexai_project(tmp_path / "project", grouping=grouping, failing=True)
+    spec = compile_spec(project)
+    before = every_run_id(client)
+    job_id, job_name = f"job-{tmp_path.name}", f"failing-{tmp_path.name}"[:60]
+    _, results, seen = run_compiled(
+        project, spec, client, server_2x.uri, tmp_path / "vertex", job_id, job_name
+    )
+
+    failed = [s for s in seen if s.returncode not in (0, None)]
+    assert [FAILING_NODE in s.nodes for s in failed] == [True], logs(results)
+    failure_index = seen.index(failed[0])
+    run_id = (seen[0].run_ids - before).pop()
+    assert seen[0].status == "RUNNING"
+    for step in seen[:failure_index]:
+        assert step.status == "RUNNING", f"before the failure, after {step.task}"
+    for step in seen[failure_index:]:
+        assert step.status == "FAILED", f"FAILED is for good: after {step.task}"
+        assert step.run_ids - before == {run_id}
+    if not grouping:
+        later = seen[failure_index + 1 :]
+        assert later, "a task that ended after the failure (evaluate_linear's branch)"
+        for step in later:
+            assert all(step.node_status[n] == "completed" for n in step.nodes), step.task
+
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert run.info.run_name == seen[0].name
+    assert run.data.tags[TAG_FAILED_NODE] == FAILING_NODE
+    assert run.data.tags[TAG_ERROR].startswith("ValueError: range() arg 3 must not be zero")
+    assert run.data.tags[node_key(TAG_NODE_STATUS, FAILING_NODE)] == "failed"
+    for node in NEVER_RUN:
+        assert node_key(TAG_NODE_STATUS, node) not in run.data.tags, node
+    assert run.data.tags[TAG_JOB_ID] == job_id
