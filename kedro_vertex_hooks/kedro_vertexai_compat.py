@@ -9,7 +9,11 @@ the status the run deserves (FAILED included). This module keeps both from lying
 
 - the tags hook is switched off for the session (this package sets the same two tags,
   ``vertexai_run_id`` and ``vertexai_job_name``, from the same variables);
-- in the start step, the run it opened is left RUNNING when the process exits.
+- in the start step, the run it opened is left RUNNING when the process exits;
+- its two Google request header providers, named in an existing ``mlflow.yml``, are served by
+  this package's classes of the same names and parameters (tokens refreshed from their own
+  expiry instead of a fixed 59-minute cache, failures reported instead of ``Bearer None``,
+  the IAM API over HTTP instead of gRPC).
 
 Nothing here imports kedro-vertexai.
 """
@@ -25,6 +29,10 @@ from kedro_vertex_hooks.naming import RUN_RUNNING
 logger = logging.getLogger(__name__)
 
 _TAGS_HOOK_MODULE = "kedro_vertexai.hooks"
+_PROVIDER_EQUIVALENTS = {
+    "kedro_vertexai.auth.gcp.MLFlowGoogleIAMRequestHeaderProvider": "gcp-iam",
+    "kedro_vertexai.auth.gcp.MLFlowGoogleOauthRequestHeaderProvider": "gcp-oauth",
+}
 _START_COMMAND = ("vertexai", "mlflow-start")
 
 
@@ -79,3 +87,8 @@ def keep_start_step_run_running() -> None:
             )
 
     atexit.register(leave_running)
+
+
+def equivalent_provider(provider_type: str) -> str | None:
+    """This package's provider for one of kedro-vertexai's header provider class paths."""
+    return _PROVIDER_EQUIVALENTS.get(provider_type)

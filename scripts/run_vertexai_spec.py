@@ -54,6 +54,7 @@ class Task:
     command: list[str]
     depends_on: set[str]
     inputs: dict[str, tuple[str, str]]  # parameter -> (producer task, its output key)
+    pipeline_inputs: dict[str, str]  # parameter -> the pipeline parameter it takes
     outputs: list[str]
 
 
@@ -81,15 +82,40 @@ def load_tasks(spec_path: Path) -> dict[str, Task]:
             for key, value in task.get("inputs", {}).get("parameters", {}).items()
             if "taskOutputParameter" in value
         }  # fmt: skip
+        pipeline_inputs = {
+            key: value["componentInputParameter"]
+            for key, value in task.get("inputs", {}).get("parameters", {}).items()
+            if "componentInputParameter" in value
+        }
         tasks[name] = Task(
             name=name,
             args=list(container.get("args", [])),
             command=list(container.get("command", [])),
             depends_on=set(task.get("dependentTasks", [])),
             inputs=inputs,
+            pipeline_inputs=pipeline_inputs,
             outputs=list(component.get("outputDefinitions", {}).get("parameters", {})),
         )
     return tasks
+
+
+def pipeline_parameters(spec_path: Path, given: Mapping[str, str]) -> dict[str, str]:
+    """Values of the pipeline's run-time parameters (``compile --params``): given, or their
+    defaults; a parameter with neither is an error naming it."""
+    spec = yaml.safe_load(spec_path.read_text())
+    declared = spec["root"].get("inputDefinitions", {}).get("parameters", {})
+    values = {}
+    for name, definition in declared.items():
+        if name in given:
+            values[name] = given[name]
+        elif "defaultValue" in definition:
+            values[name] = str(definition["defaultValue"])
+        elif not definition.get("isOptional"):
+            raise SystemExit(
+                f"Pipeline parameter {name!r} of {spec_path} has no value: pass "
+                f"--parameter {name}=VALUE."
+            )
+    return values
 
 
 def fill_placeholders(
@@ -125,12 +151,14 @@ def run_spec(
     env: Mapping[str, str],
     job_name: str | None = None,
     job_id: str | None = None,
+    parameters: Mapping[str, str] | None = None,
     on_task_end: Callable[[TaskResult], None] | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict[str, TaskResult]:
     """Execute every task of the spec; ``on_task_end`` sees each result as it ends, before
     the tasks that wait for it start."""
     tasks = load_tasks(spec_path)
+    values = pipeline_parameters(spec_path, parameters or {})
     job_id = job_id or str(uuid.uuid4())
     job_name = job_name or f"{project_dir.name.replace('_', '-')}-{time.strftime('%Y%m%d%H%M%S')}"
     shared = workdir / "bucket"
@@ -144,9 +172,8 @@ def run_spec(
         folder = workdir / "tasks" / task.name
         root = _image_copy(project_dir, folder / "project", shared)
         output_files = {key: folder / "outputs" / key for key in task.outputs}
-        inputs = {
-            key: results[producer].outputs[out] for key, (producer, out) in task.inputs.items()
-        }
+        inputs = {key: values[param] for key, param in task.pipeline_inputs.items()}
+        inputs |= {key: results[p].outputs[out] for key, (p, out) in task.inputs.items()}
         args = [fill_placeholders(a, job_id, job_name, inputs, output_files) for a in task.args]
         log = folder / "task.log"
         result = TaskResult(task.name, None, started=time.monotonic(), log=log)
@@ -203,16 +230,33 @@ def main() -> int:
     parser.add_argument("--image-bin", type=Path, default=Path(sys.executable).parent)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--job-name", default=None)
-    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable of every task (the image's ENV)",
+    )
+    parser.add_argument(
+        "--parameter",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a run-time pipeline parameter (compile --params)",
+    )
     args = parser.parse_args()
-    env = dict(os.environ)
-    for item in args.env:
-        name, _, value = item.partition("=")
-        env[name] = value
+    env = {**os.environ, **dict(item.partition("=")[::2] for item in args.env)}
+    parameters = dict(item.partition("=")[::2] for item in args.parameter)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vertexai-spec-"))
     print(f"Running {args.spec} from {args.project_dir.resolve()}; task logs in {workdir}")
     results = run_spec(
-        args.spec, args.project_dir.resolve(), workdir, args.image_bin, env, args.job_name
+        args.spec,
+        args.project_dir.resolve(),
+        workdir,
+        args.image_bin,
+        env,
+        args.job_name,
+        parameters=parameters,
     )
     failed = [r.name for r in results.values() if r.returncode not in (0,)]
     print(f"{len(results) - len(failed)} of {len(results)} tasks succeeded" +

@@ -11,6 +11,7 @@ server. The run is read after every task, as a person refreshing the UI would se
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,8 @@ from kedro_vertex_hooks.naming import (
     TAG_PIPELINE,
     node_key,
 )
-from tests.support.mlflow_server import MlflowServer
+from tests.support.auth_stack import AUDIENCE, AuthStack, google_free_env
+from tests.support.mlflow_server import MlflowServer, free_port
 from tests.support.project import EXPECTED_PARAMS, SAMPLE_NODES, base_env
 from tests.support.tracked import every_run_id
 from tests.support.vertexai import (
@@ -39,6 +41,8 @@ from tests.support.vertexai import (
 )
 
 START_TASK = "mlflow-start-run"
+RUN_LABEL = "--params run_label={{$.inputs.parameters['run_label']}}"
+KEDRO_VERTEXAI_OAUTH = "kedro_vertexai.auth.gcp.MLFlowGoogleOauthRequestHeaderProvider"
 FAILING_NODE = "train_tree"
 # Downstream of train_tree: never started once it failed (Vertex skips what depends on it).
 NEVER_RUN = {"evaluate_tree", "select_model", "write_report", "quality_gate", "publish"}
@@ -65,14 +69,18 @@ class Seen:
     node_status: dict[str, str]
 
 
-def run_compiled(project, spec: Path, client, uri: str, workdir: Path, job_id: str, job_name: str):
-    """Run every task of the spec; what the server held after each one, in order."""
+def run_compiled(
+    project, spec: Path, client, env, workdir: Path, job_id: str, job_name: str, parameters=None
+):
+    """Run every task of the spec; what the server held after each one, in order (runs that
+    were there before, other tests' included, left out)."""
     tasks = executor.load_tasks(spec)
+    before = every_run_id(client)
     seen: list[Seen] = []
     lock = threading.Lock()
 
     def after(result) -> None:
-        run_ids = every_run_id(client)
+        run_ids = every_run_id(client) - before
         run = client.get_run(next(iter(run_ids))) if len(run_ids) == 1 else None
         tags = run.data.tags if run else {}
         with lock:
@@ -95,9 +103,10 @@ def run_compiled(project, spec: Path, client, uri: str, workdir: Path, job_id: s
         project.root,
         workdir,
         VERTEXAI_VENV / "bin",
-        base_env(MLFLOW_TRACKING_URI=uri),
+        env,
         job_name=job_name,
         job_id=job_id,
+        parameters=parameters,
         on_task_end=after,
         echo=lambda line: None,
     )
@@ -112,24 +121,54 @@ def logs(results) -> str:
     )
 
 
-@pytest.mark.parametrize("grouping", [False, True], ids=["one-node-per-step", "tag-grouping"])
+@pytest.fixture(scope="module")
+def iap(server_2x) -> Iterator[AuthStack]:
+    """IAP in front of the MLflow 2.x server, Google's metadata server beside it."""
+    yield from AuthStack.serve(server_2x.uri)
+
+
+@pytest.mark.parametrize(
+    "grouping", [False, True], ids=["one-node-per-step", "tag-grouping-behind-iap"]
+)
 def test_compiled_pipeline_leaves_one_run_running_then_finished(
-    grouping, server_2x, tmp_path: Path
+    grouping, server_2x, iap, tmp_path: Path
 ):
+    """Without grouping, the pipeline takes a run-time parameter (``compile --params``, each
+    step then runs ``kedro run ... --params run_label=nightly``). With grouping, the server is
+    behind IAP and mlflow.yml names kedro-vertexai's own OAuth provider class, unchanged:
+    every request must carry exactly one valid token."""
     from mlflow import MlflowClient
 
     client = MlflowClient(server_2x.uri)
-    project = vertexai_project(tmp_path / "project", grouping=grouping)
-    spec = compile_spec(project)
+    provider = {"type": KEDRO_VERTEXAI_OAUTH, "pass_context": True,
+                "init_kwargs": {"client_id": AUDIENCE}}  # fmt: skip
+    project = vertexai_project(
+        tmp_path / "project", grouping=grouping, header_provider=provider if grouping else None
+    )
+    spec = compile_spec(project, params="" if grouping else "run_label:str")
     before = every_run_id(client)
     job_id, job_name = f"job-{tmp_path.name}", f"sample-project-{tmp_path.name}"[:60]
+    iap.reset()
+    env = (
+        google_free_env(tmp_path, MLFLOW_TRACKING_URI=iap.proxy.url, **iap.google.metadata_env())
+        if grouping
+        else base_env(MLFLOW_TRACKING_URI=server_2x.uri)
+    )
+    parameters = {} if grouping else {"run_label": "nightly"}
     tasks, results, seen = run_compiled(
-        project, spec, client, server_2x.uri, tmp_path / "vertex", job_id, job_name
+        project, spec, client, env, tmp_path / "vertex", job_id, job_name, parameters
     )
 
     assert all(r.returncode == 0 for r in results.values()), logs(results)
     if grouping:
+        assert iap.proxy.rejected == 0, iap.proxy.rejections[:5]
+        assert iap.proxy.accepted > len(tasks), "the steps went through the proxy"
+        assert iap.google.issued > 0
+    if grouping:
         assert any(len(step_nodes(t)) > 1 for t in tasks.values()), "grouping compiled no group"
+    else:
+        node_tasks = [t for t in tasks.values() if step_nodes(t)]
+        assert all(RUN_LABEL in t.args[0] for t in node_tasks), "compiled without --params"
     first, *node_steps = seen
     assert first.task == START_TASK
     run_id = (first.run_ids - before).pop()
@@ -164,8 +203,9 @@ def test_compiled_pipeline_with_a_failing_node_stays_failed(grouping, server_2x,
     spec = compile_spec(project)
     before = every_run_id(client)
     job_id, job_name = f"job-{tmp_path.name}", f"failing-{tmp_path.name}"[:60]
+    env = base_env(MLFLOW_TRACKING_URI=server_2x.uri)
     _, results, seen = run_compiled(
-        project, spec, client, server_2x.uri, tmp_path / "vertex", job_id, job_name
+        project, spec, client, env, tmp_path / "vertex", job_id, job_name
     )
 
     failed = [s for s in seen if s.returncode not in (0, None)]
@@ -173,11 +213,14 @@ def test_compiled_pipeline_with_a_failing_node_stays_failed(grouping, server_2x,
     failure_index = seen.index(failed[0])
     run_id = (seen[0].run_ids - before).pop()
     assert seen[0].status == "RUNNING"
-    for step in seen[:failure_index]:
-        assert step.status == "RUNNING", f"before the failure, after {step.task}"
+    for step in seen:
+        assert step.run_ids - before == {run_id}, step.task
+        if step.node_status[FAILING_NODE] != "failed":  # the node has not failed yet
+            assert step.status == "RUNNING", f"before the failure, after {step.task}"
+    # FAILED from the failing step's end on (a step that ended while it was still exiting
+    # may see it FAILED already: the status is written when the node fails).
     for step in seen[failure_index:]:
         assert step.status == "FAILED", f"FAILED is for good: after {step.task}"
-        assert step.run_ids - before == {run_id}
     if not grouping:
         later = seen[failure_index + 1 :]
         assert later, "a task that ended after the failure (evaluate_linear's branch)"
@@ -193,3 +236,39 @@ def test_compiled_pipeline_with_a_failing_node_stays_failed(grouping, server_2x,
     for node in NEVER_RUN:
         assert node_key(TAG_NODE_STATUS, node) not in run.data.tags, node
     assert run.data.tags[TAG_JOB_ID] == job_id
+
+
+def test_a_kedro_vertexai_provider_that_cannot_fetch_a_token_stops_the_step_in_words(
+    server_2x, tmp_path: Path
+):
+    """kedro-vertexai's own class would log the failure and send ``Bearer None``; the step
+    must stop before its first node, naming the provider and the cause, without a traceback."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(server_2x.uri)
+    run_id = client.create_run(client.create_experiment(f"no-token-{tmp_path.name}")).info.run_id
+    provider = {"type": KEDRO_VERTEXAI_OAUTH, "pass_context": True,
+                "init_kwargs": {"client_id": AUDIENCE}}  # fmt: skip
+    project = vertexai_project(tmp_path / "project", header_provider=provider)
+    nowhere = f"127.0.0.1:{free_port()}"  # no metadata server answers here
+    env = google_free_env(
+        tmp_path,
+        MLFLOW_TRACKING_URI=server_2x.uri,
+        MLFLOW_RUN_ID=run_id,
+        GCE_METADATA_HOST=nowhere,
+        GCE_METADATA_IP=nowhere,
+    )
+
+    result = project.run(["run", "-e", "vertexai", "--nodes", SAMPLE_NODES[0]], env)
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    # kedro-mlflow, before any hook of ours, sets up the experiment through kedro-vertexai's
+    # own instance, which logs the failure with a traceback and sends "Bearer None"; the
+    # step then ends on our one line, not on an exception.
+    last_line = output.strip().splitlines()[-1]
+    assert last_line.startswith("Error: Request header provider"), output[-3000:]
+    assert KEDRO_VERTEXAI_OAUTH in last_line and AUDIENCE in last_line, last_line
+    assert "metadata server" in last_line, last_line
+    tags = client.get_run(run_id).data.tags
+    assert node_key(TAG_NODE_STATUS, SAMPLE_NODES[0]) not in tags

@@ -208,12 +208,19 @@ class _SingleRegistrationList(list):
 
     def __iter__(self):  # type: ignore[override]
         installed = _installed.provider if _installed is not None else None
+        configured = _installed.name if _installed is not None else None
         # A copy: another thread re-asserting the registration must not make MLflow's loop
         # see a shifted list (and our provider twice).
         for provider in list.copy(self):
-            if provider is not installed and type(provider) is type(installed):
-                continue  # e.g. kedro-mlflow's instance built from the same mlflow.yml
+            if provider is not installed and (
+                type(provider) is type(installed) or _class_path(provider) == configured
+            ):
+                continue  # kedro-mlflow's instance built from the same mlflow.yml entry
             yield provider
+
+
+def _class_path(provider: Any) -> str:
+    return f"{type(provider).__module__}.{type(provider).__qualname__}"
 
 
 class _NoProvider:

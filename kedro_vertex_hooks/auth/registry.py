@@ -11,6 +11,7 @@ import importlib
 from importlib.metadata import EntryPoint, entry_points
 
 from kedro_vertex_hooks.auth.errors import AuthError, describe_cause
+from kedro_vertex_hooks.kedro_vertexai_compat import equivalent_provider
 
 ENTRY_POINT_GROUP = "kedro_vertex_hooks.request_header_providers"
 
@@ -30,7 +31,11 @@ def registered_provider_names() -> list[str]:
 
 
 def resolve_provider_class(provider_type: str) -> type:
-    """The provider class for an entry-point name or a ``package.module.Class`` path."""
+    """The provider class for an entry-point name or a ``package.module.Class`` path.
+
+    kedro-vertexai's Google providers resolve to this package's classes of the same names.
+    """
+    provider_type = equivalent_provider(provider_type) or provider_type
     candidates = _entry_points().get(provider_type)
     if candidates:
         if len(candidates) > 1:

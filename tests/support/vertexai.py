@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from tests.support.project import REPO, Project, base_env
 
 VERTEXAI_VENV = REPO / ".venv-vertexai"
@@ -50,11 +52,22 @@ def _load_executor():
 executor = _load_executor()
 
 
-def vertexai_project(destination: Path, grouping: bool = False, failing: bool = False) -> Project:
-    """A copy of sample_project with the user's settings.py; grouping by ``group.*`` tags and
-    a failing ``train_tree`` on request (parameters are compiled into the spec)."""
+def vertexai_project(
+    destination: Path,
+    grouping: bool = False,
+    failing: bool = False,
+    header_provider: dict | None = None,
+) -> Project:
+    """A copy of sample_project with the user's settings.py; on request grouping by
+    ``group.*`` tags, a failing ``train_tree`` (parameters are compiled into the spec) and a
+    ``server.request_header_provider`` entry in kedro-mlflow's mlflow.yml."""
     project = Project.copy(destination, VERTEXAI_PYTHON)
     (destination / "src" / "sample_project" / "settings.py").write_text(USER_SETTINGS)
+    if header_provider is not None:
+        mlflow_yml = destination / "conf" / ENV / "mlflow.yml"
+        config = yaml.safe_load(mlflow_yml.read_text())
+        config["server"]["request_header_provider"] = header_provider
+        mlflow_yml.write_text(yaml.safe_dump(config))
     if grouping:
         config = destination / "conf" / ENV / "vertexai.yml"
         text = config.read_text()
@@ -71,11 +84,13 @@ def vertexai_project(destination: Path, grouping: bool = False, failing: bool = 
     return project
 
 
-def compile_spec(project: Project) -> Path:
-    """``kedro vertexai -e vertexai compile`` in the project; the spec it wrote."""
+def compile_spec(project: Project, params: str = "") -> Path:
+    """``kedro vertexai -e vertexai compile [--params name:type,...]`` in the project; the
+    spec it wrote."""
     output = project.root / "pipeline.yaml"
+    command = [str(VERTEXAI_PYTHON), str(COMPILE), "vertexai", "-e", ENV, "compile"]
     result = subprocess.run(
-        [str(VERTEXAI_PYTHON), str(COMPILE), "vertexai", "-e", ENV, "compile", "-o", str(output)],
+        [*command, "-o", str(output), *(["--params", params] if params else [])],
         cwd=project.root,
         env=base_env(),
         capture_output=True,
