@@ -116,7 +116,7 @@ class VertexaiYml(BaseModel):
 
 
 class HookOptions(_Strict):
-    """Keyword options of ``MlflowRunHooks(...)``; all optional, documented in the README."""
+    """Keyword options of ``MlflowRunHooks(...)``; all optional, documented in docs/reference.md."""
 
     on_param_conflict: Literal["tag", "fail"] = "tag"
     env_tags: dict[str, str] = Field(default_factory=dict)

@@ -105,8 +105,8 @@ def _in_background(action: Callable[[], T]) -> Future[T]:
 class MlflowRunHooks:
     """Log every node of a Kedro pipeline into one MLflow run, across processes.
 
-    Options are keyword arguments, all optional, validated at construction (see the README
-    and :class:`kedro_vertex_hooks.config.HookOptions`).
+    Options are keyword arguments, all optional, validated at construction (see
+    docs/reference.md and :class:`kedro_vertex_hooks.config.HookOptions`).
     """
 
     def __init__(self, **options: Any) -> None:

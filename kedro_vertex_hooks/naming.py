@@ -18,7 +18,7 @@ MAX_KEY_LENGTH = 250
 MAX_PARAM_VALUE_LENGTH = 6000
 MAX_TAG_VALUE_LENGTH = 8000
 
-# Tag and metric names this package writes (documented in the README).
+# Tag and metric names this package writes (documented in docs/reference.md).
 TAG_LATEST_NODE = "kedro.latest_node"
 TAG_FAILED_NODE = "kedro.failed_node"
 TAG_ERROR = "kedro.error"
