@@ -68,13 +68,13 @@ def _hook_options() -> HookOptions:
 
 
 def _connect(config: ProjectConfig, options: HookOptions, context: Any) -> MlflowClient:
-    from kedro_vertex_hooks.session import connect_mlflow
+    from kedro_vertex_hooks.connection import connect_mlflow
 
     return connect_mlflow(config, options, context)
 
 
 def _with_retries(action: Callable[[], T], budget_s: float, uri: str) -> T:
-    from kedro_vertex_hooks.writer import retry_transient
+    from kedro_vertex_hooks.retry import retry_transient
 
     return retry_transient(action, budget_s, f"Tracking URI {uri}")[0]
 
@@ -89,7 +89,7 @@ def _one_line_errors(what: str) -> Iterator[None]:
     except Exception as exc:
         from kedro_vertex_hooks.config import ConfigError
         from kedro_vertex_hooks.resolve import RunResolutionError
-        from kedro_vertex_hooks.writer import is_transient, short_error
+        from kedro_vertex_hooks.retry import is_transient, short_error
 
         if isinstance(exc, (ConfigError, RunResolutionError)):
             message = " ".join(str(exc).split())
@@ -229,7 +229,7 @@ def doctor_command(metadata: Any, env: str | None) -> None:
         click.echo(f"Tracking URI: {config.tracking_uri} ({config.tracking_uri_source})")
         click.echo(f"Experiment:   {config.experiment_name}")
         click.echo(f"Run:          {RunSource.from_env().describe()}")
-        from kedro_vertex_hooks.session import connect, why_mlflow_client
+        from kedro_vertex_hooks.connection import connect, why_mlflow_client
 
         why_mlflow = why_mlflow_client(config.tracking_uri, options)
         steps_use = f"MlflowClient ({why_mlflow})" if why_mlflow else "REST, without MLflow"

@@ -146,7 +146,7 @@ class MlflowRunHooks:
         """Resolve and check the run before the first node; fail the step if it is unusable."""
         if _passive or self._config is None or self._source is None:
             return
-        from kedro_vertex_hooks.writer import TrackingUnreachableError
+        from kedro_vertex_hooks.retry import TrackingUnreachableError
 
         self._catalog = catalog
         name = _pipeline_name(run_params)

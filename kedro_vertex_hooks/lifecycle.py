@@ -44,8 +44,8 @@ from kedro_vertex_hooks.summary import (
     NodeRecord,
     RunSummary,
     render_note,
-    render_timeline,
 )
+from kedro_vertex_hooks.timeline import render_timeline
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

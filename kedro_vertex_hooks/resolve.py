@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from kedro_vertex_hooks.errors import UserError
-from kedro_vertex_hooks.naming import TAG_JOB_ID, TAG_JOB_NAME
+from kedro_vertex_hooks.naming import TAG_JOB_ID, TAG_JOB_NAME, TAG_PIPELINE
 
 if TYPE_CHECKING:
-    from kedro_vertex_hooks.rest_client import Run, TrackingClient
+    from kedro_vertex_hooks.tracking_client import Run, TrackingClient
 
 ENV_RUN_ID = "MLFLOW_RUN_ID"
 ENV_JOB_ID = "KEDRO_CONFIG_RUN_ID"
@@ -177,3 +177,25 @@ def find_or_create_job_run(
         client.delete_run(mine.info.run_id)
         return ResolvedRun.from_run(winner)
     return ResolvedRun.from_run(winner, created_here=True)
+
+
+def resolve_run(
+    client: TrackingClient,
+    source: RunSource,
+    tracking_uri: str,
+    experiment_name: str,
+    pipeline_name: str,
+    settle_s: float,
+) -> ResolvedRun:
+    """The run a node step logs into: resumed, the job's (found or created), or a new one."""
+    if source.mode == "resume":
+        assert source.run_id is not None
+        return fetch_run(client, source.run_id, tracking_uri)
+    experiment_id = ensure_experiment(client, experiment_name)
+    if source.mode == "job":
+        assert source.job_id is not None
+        return find_or_create_job_run(
+            client, experiment_id, source.job_id, source.job_name, run_name=None, settle_s=settle_s
+        )
+    run = client.create_run(experiment_id, tags={TAG_PIPELINE: pipeline_name})
+    return ResolvedRun.from_run(run, created_here=True)

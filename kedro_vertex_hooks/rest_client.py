@@ -16,19 +16,13 @@ import base64
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any
 from urllib.parse import urlsplit
 
 from kedro_vertex_hooks.naming import trim
-
-if TYPE_CHECKING:
-    from kedro_vertex_hooks.mlflow_client import MlflowTrackingClient
-
-    # What the hooks' run resolution and writer accept.
-    TrackingClient: TypeAlias = "RestTrackingClient | MlflowTrackingClient"
+from kedro_vertex_hooks.tracking_client import Experiment, Run, TrackingClient
 
 API_PREFIX = "/api/2.0/mlflow"
 OWN_ENTRY_POINT = "kedro-vertex-hooks"
@@ -57,53 +51,6 @@ class RestConnectionError(ConnectionError):
     """A REST call got no answer (refused, timed out, TLS); the message names the URL."""
 
 
-@dataclass(frozen=True)
-class RunInfo:
-    run_id: str
-    experiment_id: str
-    status: str
-    lifecycle_stage: str
-    start_time: int | None = None
-
-
-@dataclass(frozen=True)
-class RunData:
-    params: dict[str, str] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Run:
-    """A run shaped like ``MlflowClient.get_run``'s (``info``, ``data``), with what the hooks
-    read of it."""
-
-    info: RunInfo
-    data: RunData
-
-    @classmethod
-    def from_json(cls, body: Mapping[str, Any]) -> Run:
-        info, data = body.get("info", {}), body.get("data", {})
-        return cls(
-            info=RunInfo(
-                run_id=info["run_id"],
-                experiment_id=info["experiment_id"],
-                status=info.get("status", "RUNNING"),
-                lifecycle_stage=info.get("lifecycle_stage", "active"),
-                start_time=_optional_int(info.get("start_time")),
-            ),
-            data=RunData(
-                params=_pairs(data.get("params", ())),
-                tags=_pairs(data.get("tags", ())),
-            ),
-        )
-
-
-@dataclass(frozen=True)
-class Experiment:
-    experiment_id: str
-    lifecycle_stage: str
-
-
 def rest_client_unsuitable(tracking_uri: str) -> str | None:
     """Why the MLflow client must be used for ``tracking_uri``; None when REST will do."""
     scheme = urlsplit(tracking_uri).scheme
@@ -125,11 +72,13 @@ def rest_client_unsuitable(tracking_uri: str) -> str | None:
 class RestTrackingClient:
     """MlflowClient's tracking calls used by the hooks, over MLflow's REST API.
 
-    Artifacts go through a real ``MlflowClient``, created (and MLflow imported) only when a
-    step logs one: the artifact store may be anything MLflow supports.
+    Artifacts go through ``artifact_client()``, called (and MLflow imported) only when a step
+    logs one: the artifact store may be anything MLflow supports.
     """
 
-    def __init__(self, tracking_uri: str) -> None:
+    def __init__(
+        self, tracking_uri: str, artifact_client: Callable[[], TrackingClient] | None = None
+    ) -> None:
         self.tracking_uri = tracking_uri.rstrip("/")
         self._timeout_s = float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "120"))
         self._max_retries = int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7"))
@@ -137,7 +86,8 @@ class RestTrackingClient:
         self._lock = threading.Lock()
         self._session: Any = None
         self._session_pid: int | None = None
-        self._artifact_client: Any = None
+        self._make_artifact_client = artifact_client
+        self._artifact_client: TrackingClient | None = None
         self._artifact_lock = threading.Lock()
         self._http_session()  # now, on the caller's thread: see _new_session
 
@@ -165,7 +115,7 @@ class RestTrackingClient:
         self._call("POST", "/runs/delete", {"run_id": run_id})
 
     def search_runs(
-        self, experiment_ids: list[str], filter_string: str = "", max_results: int = 1000
+        self, experiment_ids: list[str], filter_string: str = "", *, max_results: int = 1000
     ) -> list[Run]:
         body = {
             "experiment_ids": experiment_ids,
@@ -208,9 +158,9 @@ class RestTrackingClient:
     def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
         with self._artifact_lock:
             if self._artifact_client is None:
-                from kedro_vertex_hooks.mlflow_client import mlflow_tracking_client
-
-                self._artifact_client = mlflow_tracking_client(self.tracking_uri)
+                if self._make_artifact_client is None:
+                    raise RuntimeError(f"No artifact client for {self.tracking_uri}")
+                self._artifact_client = self._make_artifact_client()
         self._artifact_client.log_artifact(run_id, local_path, artifact_path)
 
     # -- experiments ----------------------------------------------------------------------
@@ -370,16 +320,8 @@ def _error_code_for(status: int) -> str:
     }.get(status, "INTERNAL_ERROR")
 
 
-def _pairs(items: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-    return {item["key"]: item.get("value", "") for item in items}
-
-
 def _key_values(items: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
     return [{"key": key, "value": value} for key, value in items]
-
-
-def _optional_int(value: Any) -> int | None:
-    return None if value is None else int(value)
 
 
 def _now_ms() -> int:

@@ -9,7 +9,6 @@ the environment.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -24,12 +23,12 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from kedro_vertex_hooks.config import (
-    ConfigError,
     HookOptions,
     ParamsConfig,
     ProjectConfig,
     RequestHeaderProviderConfig,
 )
+from kedro_vertex_hooks.connection import connect
 from kedro_vertex_hooks.datasets import artifact_destinations, metric_values
 from kedro_vertex_hooks.errors import UserError
 from kedro_vertex_hooks.naming import (
@@ -60,30 +59,25 @@ from kedro_vertex_hooks.resolve import (
     ENV_RUN_ID,
     ResolvedRun,
     RunSource,
-    ensure_experiment,
-    fetch_run,
-    find_or_create_job_run,
     job_tags,
+    resolve_run,
 )
-from kedro_vertex_hooks.rest_client import RestTrackingClient, rest_client_unsuitable
-from kedro_vertex_hooks.writer import (
-    RunWriter,
+from kedro_vertex_hooks.retry import (
     TrackingError,
     TrackingUnreachableError,
-    Write,
     is_transient,
     retry_transient,
     short_error,
 )
+from kedro_vertex_hooks.status import step_end_status, step_start_status
+from kedro_vertex_hooks.writer import RunWriter, Write
 
 if TYPE_CHECKING:
-    from kedro_vertex_hooks.mlflow_client import MlflowTrackingClient
-    from kedro_vertex_hooks.rest_client import TrackingClient
+    from kedro_vertex_hooks.tracking_client import TrackingClient
 
 logger = logging.getLogger(__name__)
 
 SESSION_ENV = "KEDRO_VERTEX_HOOKS_SESSION"
-RUNNING, FINISHED, FAILED = RUN_RUNNING, RUN_FINISHED, RUN_FAILED
 
 
 def utc_now() -> str:
@@ -103,80 +97,6 @@ def error_text(error: BaseException) -> str:
     except Exception:
         message = "<message unavailable>"
     return trim(clean_text(f"{type(error).__name__}: {message}"), MAX_TAG_VALUE_LENGTH)
-
-
-def apply_http_defaults(options: HookOptions) -> None:
-    """Make MLflow's HTTP timeouts and retries fit a node step, unless the user set them.
-
-    MLflow's defaults (7 retries, 120 s timeout, backoff 2) can block one call for minutes;
-    this package retries through outages itself, within ``outage_budget_s``.
-    """
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(options.http_timeout_s)))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(options.http_max_retries))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    # set_terminated would otherwise read the run once more only to print its URL.
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-
-
-def connect(
-    config: ProjectConfig | SessionSpec, options: HookOptions, kedro_context: Any = None
-) -> TrackingClient:
-    """The node steps' client for the project's tracking URI, with its auth provider installed.
-
-    An http(s) server is spoken to over REST without importing MLflow (which costs a step
-    0.6-1 s); ``MlflowRunHooks(use_mlflow_client=True)`` and what only MLflow's client can do
-    (a local store, an auth plugin) get ``MlflowClient``.
-    """
-    _prepare_connection(config, options, kedro_context)
-    uri = config.tracking_uri
-    why_mlflow = why_mlflow_client(uri, options)
-    if why_mlflow is None:
-        return RestTrackingClient(uri)
-    logger.debug("Tracking through MlflowClient: %s", why_mlflow)
-    from kedro_vertex_hooks.mlflow_client import mlflow_tracking_client
-
-    return mlflow_tracking_client(uri)
-
-
-def why_mlflow_client(tracking_uri: str, options: HookOptions) -> str | None:
-    """Why node steps use ``MlflowClient`` for ``tracking_uri``; None when they talk REST."""
-    if options.use_mlflow_client:
-        return "MlflowRunHooks(use_mlflow_client=True)"
-    return rest_client_unsuitable(tracking_uri)
-
-
-def connect_mlflow(
-    config: ProjectConfig, options: HookOptions, kedro_context: Any = None
-) -> MlflowTrackingClient:
-    """An ``MlflowClient`` for the CLI's commands, which also list and download artifacts."""
-    _prepare_connection(config, options, kedro_context)
-    from kedro_vertex_hooks.mlflow_client import mlflow_tracking_client
-
-    return mlflow_tracking_client(config.tracking_uri)
-
-
-def _prepare_connection(
-    config: ProjectConfig | SessionSpec, options: HookOptions, kedro_context: Any
-) -> None:
-    """Check the URI can be served here, bound MLflow's HTTP waits, install the provider.
-
-    The URI is exported (``MLFLOW_TRACKING_URI``) for worker processes, kedro-mlflow's
-    datasets and user code.
-    """
-    uri = config.tracking_uri
-    if uri.startswith("sqlite:") and importlib.util.find_spec("sqlalchemy") is None:
-        raise ConfigError(
-            f"The tracking URI {uri} is a local sqlite store, which needs the full 'mlflow' "
-            "package; this image has only the MLflow client. Set server.mlflow_tracking_uri "
-            "in conf/<env>/mlflow.yml (or MLFLOW_TRACKING_URI) to your tracking server."
-        )
-    apply_http_defaults(options)
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    provider = config.header_provider
-    if provider.type:
-        from kedro_vertex_hooks.auth import install_header_provider
-
-        install_header_provider(provider, kedro_context if provider.pass_context else None)
 
 
 @dataclass(frozen=True)
@@ -231,7 +151,6 @@ class TrackingSession:
         self.source = source
         self._run = run
         self._params_config = spec.params
-        self._pid = os.getpid()
         self._started: dict[str, float] = {}
         self._lock = threading.Lock()
         self._pending_run_tags: dict[str, str] = {}
@@ -263,7 +182,14 @@ class TrackingSession:
         what = f"Tracking URI {config.tracking_uri}"
         try:
             run, _ = retry_transient(
-                lambda: _resolve(client, config, options, source, pipeline_name),
+                lambda: resolve_run(
+                    client,
+                    source,
+                    config.tracking_uri,
+                    config.experiment_name,
+                    pipeline_name,
+                    options.run_search_settle_s,
+                ),
                 options.outage_budget_s,
                 what,
             )
@@ -372,7 +298,7 @@ class TrackingSession:
             self._saving.pop(node_name, None)
         write = self._node_end(node_name, NODE_FAILED)
         write.tags.update(self._first_failure_tags(node_name, error))
-        write.status = FAILED
+        write.status = RUN_FAILED
         self.writer.submit(write, wait=True)
         self._failure_recorded = True
 
@@ -425,7 +351,7 @@ class TrackingSession:
         self.writer.flush()
         target: str | None = None
         if self.source.mode == "local":
-            target = FINISHED
+            target = RUN_FINISHED
         elif self._cannot_be_complete(downstream_nodes):
             target = None
         elif run := self.writer.read_run():
@@ -433,14 +359,14 @@ class TrackingSession:
         if target:
             self.writer.submit(Write(status=target), wait=True)
         self.close()
-        return target or RUNNING
+        return target or RUN_RUNNING
 
     def _cannot_be_complete(self, downstream_nodes: Iterable[str]) -> bool:
         """True when the end read can be skipped; never after a write that came late, whose
         old copy could have overwritten a node status (the read repairs that)."""
         run = self._run
         report = self.writer.report
-        if run is None or run.status != RUNNING or report.delivered_late or report.given_up:
+        if run is None or run.status != RUN_RUNNING or report.delivered_late or report.given_up:
             return False
         return any(
             run.tags.get(node_key(TAG_NODE_STATUS, name)) != NODE_COMPLETED
@@ -457,7 +383,7 @@ class TrackingSession:
         for node_name in in_flight:
             self.node_failed(node_name, error)
         if not in_flight and not self._failure_recorded:
-            write = Write(tags=self._first_failure_tags(None, error), status=FAILED)
+            write = Write(tags=self._first_failure_tags(None, error), status=RUN_FAILED)
             self.writer.submit(write, wait=True)
         self.close()
 
@@ -474,61 +400,3 @@ def _refused(exc: Exception, source: RunSource, tracking_uri: str) -> TrackingEr
         f"Cannot resolve the MLflow run ({source.describe()}) at tracking URI {tracking_uri}: "
         f"{short_error(exc)}" + (f". {reason}" if reason else "")
     )
-
-
-def step_start_status(
-    status: str, tags: Mapping[str, str], pipeline_nodes: Iterable[str]
-) -> str | None:
-    """The status a step's first write sets; None to leave it.
-
-    A run that reads FINISHED (or KILLED) while a node of the pipeline has not completed was
-    ended early by something else, e.g. the fluent run of kedro-vertexai's start step, which
-    MLflow ends FINISHED at that process's exit: it is RUNNING again. FAILED stays.
-    """
-    if status in (RUNNING, FAILED) or TAG_FAILED_NODE in tags:
-        return None
-    if all(tags.get(node_key(TAG_NODE_STATUS, n)) == NODE_COMPLETED for n in pipeline_nodes):
-        return None
-    return RUNNING
-
-
-def step_end_status(
-    status: str, tags: Mapping[str, str], pipeline_nodes: Iterable[str]
-) -> str | None:
-    """The run status after a step, given what the run holds now; None when unchanged.
-
-    FAILED is sticky; FINISHED only when every node of the pipeline completed; otherwise
-    RUNNING (correcting a run that something else ended early).
-    """
-    if status == FAILED or TAG_FAILED_NODE in tags:
-        target = FAILED
-    elif all(tags.get(node_key(TAG_NODE_STATUS, n)) == NODE_COMPLETED for n in pipeline_nodes):
-        target = FINISHED
-    else:
-        target = RUNNING
-    return None if target == status else target
-
-
-def _resolve(
-    client: TrackingClient,
-    config: ProjectConfig,
-    options: HookOptions,
-    source: RunSource,
-    pipeline_name: str,
-) -> ResolvedRun:
-    if source.mode == "resume":
-        assert source.run_id is not None
-        return fetch_run(client, source.run_id, config.tracking_uri)
-    experiment_id = ensure_experiment(client, config.experiment_name)
-    if source.mode == "job":
-        assert source.job_id is not None
-        return find_or_create_job_run(
-            client,
-            experiment_id,
-            source.job_id,
-            source.job_name,
-            run_name=None,
-            settle_s=options.run_search_settle_s,
-        )
-    run = client.create_run(experiment_id, tags={TAG_PIPELINE: pipeline_name})
-    return ResolvedRun.from_run(run, created_here=True)

@@ -6,7 +6,7 @@ import pytest
 
 from kedro_vertex_hooks.naming import TAG_FAILED_NODE, TAG_NODE_STATUS, node_key
 from kedro_vertex_hooks.resolve import RunSource
-from kedro_vertex_hooks.session import step_end_status
+from kedro_vertex_hooks.status import step_end_status
 
 NODES = ["a", "b", "c"]
 

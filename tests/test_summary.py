@@ -21,14 +21,8 @@ from kedro_vertex_hooks.naming import (
     TAG_PIPELINE,
     node_key,
 )
-from kedro_vertex_hooks.summary import (
-    STATUS_COLOURS,
-    RunSummary,
-    format_duration,
-    format_memory,
-    render_note,
-    render_timeline,
-)
+from kedro_vertex_hooks.summary import RunSummary, format_duration, format_memory, render_note
+from kedro_vertex_hooks.timeline import STATUS_COLOURS, render_timeline
 
 HOSTILE = "score|<script>alert(1)</script>*x*"  # a node name that must stay inert
 

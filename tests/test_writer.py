@@ -11,12 +11,8 @@ import pytest
 from kedro_vertex_hooks.mlflow_client import MlflowTrackingClient
 from kedro_vertex_hooks.naming import TAG_NODE_STATUS, TAG_PARAM_CONFLICT, node_key
 from kedro_vertex_hooks.rest_client import RestTrackingClient
-from kedro_vertex_hooks.writer import (
-    ParamConflictError,
-    RunWriter,
-    TrackingUnreachableError,
-    Write,
-)
+from kedro_vertex_hooks.retry import TrackingUnreachableError
+from kedro_vertex_hooks.writer import ParamConflictError, RunWriter, Write
 from tests.support.proxy import MlflowProxy
 
 LOG_BATCH = "POST /api/2.0/mlflow/runs/log-batch"
@@ -112,7 +108,7 @@ def test_an_outage_is_waited_out_and_reported_as_late(make_writer, client, proxy
     writer.flush()
     proxy.down(seconds=3)
     writer.submit(Write(params={"alpha": "1"}, tags={STATUS: "completed"}))
-    with caplog.at_level(logging.INFO, logger="kedro_vertex_hooks.writer"):
+    with caplog.at_level(logging.INFO, logger="kedro_vertex_hooks"):
         report = writer.close()
     data = client.get_run(run_id).data
     assert data.params["alpha"] == "1"

@@ -49,6 +49,7 @@ class RequestRecord:
     fault: FaultKind | None
     started: float  # time.monotonic()
     seconds: float  # from the request head to the last byte answered, latency included
+    authorization: str | None = None  # the request's Authorization header, as sent
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,7 @@ class _Handler(BaseHTTPRequestHandler):
                         fault=self._record["fault"],
                         started=self._record["started"],
                         seconds=time.monotonic() - self._record["started"],
+                        authorization=self._record["authorization"],
                     )
                 )
 
@@ -183,6 +185,7 @@ class _Handler(BaseHTTPRequestHandler):
             "status": None,
             "fault": fault.kind if fault else None,
             "started": time.monotonic(),
+            "authorization": self.headers.get("Authorization"),
         }
         if fault and fault.kind == "reset":
             self._reset()

@@ -1,0 +1,114 @@
+"""One interface for the two ways this package talks to MLflow's tracking API.
+
+Node steps talk REST without importing MLflow (:mod:`kedro_vertex_hooks.rest_client`); local
+stores, auth plugins and the CLI use ``MlflowClient``
+(:mod:`kedro_vertex_hooks.mlflow_client`). Run resolution and the writer take either, through
+:class:`TrackingClient`; ``tests/test_tracking_client_conformance.py`` holds both to the same
+requests and outcomes. The run shapes here are what the REST client returns; MLflow's own
+entities have the same attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    experiment_id: str
+    status: str
+    lifecycle_stage: str
+    run_name: str | None = None
+    start_time: int | None = None
+
+
+@dataclass(frozen=True)
+class RunData:
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Run:
+    info: RunInfo
+    data: RunData
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> Run:
+        """A run from the REST API's JSON (``runs/get``, ``runs/create``, ``runs/search``)."""
+        info, data = body["info"], body.get("data", {})
+        return cls(
+            info=RunInfo(
+                run_id=info["run_id"],
+                experiment_id=str(info["experiment_id"]),
+                status=info.get("status", "RUNNING"),
+                lifecycle_stage=info.get("lifecycle_stage", "active"),
+                run_name=info.get("run_name"),
+                start_time=_optional_int(info.get("start_time")),
+            ),
+            data=RunData(
+                params=_pairs(data.get("params", [])),
+                tags=_pairs(data.get("tags", [])),
+                metrics={m["key"]: float(m["value"]) for m in data.get("metrics", [])},
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class Experiment:
+    experiment_id: str
+    lifecycle_stage: str
+
+
+class TrackingClient(Protocol):
+    """The tracking calls the hooks make, with ``MlflowClient``'s names and arguments."""
+
+    def get_run(self, run_id: str) -> Any: ...
+
+    def create_run(
+        self,
+        experiment_id: str,
+        start_time: int | None = None,
+        tags: Mapping[str, str] | None = None,
+        run_name: str | None = None,
+    ) -> Any: ...
+
+    def delete_run(self, run_id: str) -> None: ...
+
+    def search_runs(
+        self, experiment_ids: list[str], filter_string: str = "", *, max_results: int = ...
+    ) -> Sequence[Any]: ...
+
+    def log_values(
+        self,
+        run_id: str,
+        *,
+        params: Mapping[str, str],
+        tags: Mapping[str, str],
+        metrics: Mapping[str, float],
+        timestamp_ms: int,
+    ) -> None: ...
+
+    def set_terminated(self, run_id: str, status: str = ...) -> None: ...
+
+    def log_artifact(
+        self, run_id: str, local_path: str, artifact_path: str | None = None
+    ) -> None: ...
+
+    def get_experiment_by_name(self, name: str) -> Any: ...
+
+    def create_experiment(self, name: str) -> str: ...
+
+    def restore_experiment(self, experiment_id: str) -> None: ...
+
+
+def _pairs(items: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    return {item["key"]: item.get("value", "") for item in items}
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value in (None, "") else int(value)
