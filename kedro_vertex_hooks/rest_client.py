@@ -13,11 +13,13 @@ hooks use :class:`~kedro_vertex_hooks.mlflow_client.MlflowTrackingClient`.
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from importlib.metadata import entry_points
+from importlib.metadata import entry_points, version
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,7 +34,9 @@ RETRY_STATUS_CODES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_PARAMS_TAGS_PER_BATCH = 100
 MAX_ENTITIES_PER_BATCH = 1000
 # Client settings this module does not reproduce: the MLflow client is used when one is set.
-MLFLOW_ONLY_ENV_VARS = ("MLFLOW_TRACKING_AUTH", "MLFLOW_WORKSPACE")
+MLFLOW_ONLY_ENV_VARS = ("MLFLOW_TRACKING_AUTH", "MLFLOW_WORKSPACE", "MLFLOW_TRACKING_AWS_SIGV4")
+# MLflow's client reads a username and password from here; this module does not.
+MLFLOW_CREDENTIALS_FILE = Path("~/.mlflow/credentials")
 
 
 class RestApiError(Exception):
@@ -59,6 +63,8 @@ def rest_client_unsuitable(tracking_uri: str) -> str | None:
     for name in MLFLOW_ONLY_ENV_VARS:
         if os.environ.get(name):
             return f"{name} is set"
+    if MLFLOW_CREDENTIALS_FILE.expanduser().is_file():
+        return f"{MLFLOW_CREDENTIALS_FILE} exists"
     others = [
         ep.name
         for ep in entry_points(group="mlflow.request_header_provider")
@@ -275,13 +281,17 @@ def _tls_verify() -> bool | str:
     return True
 
 
+@functools.cache
+def _user_agent() -> str:
+    return f"kedro-vertex-hooks/{version('kedro-vertex-hooks')}"
+
+
 def _request_headers() -> dict[str, str]:
     """The installed provider's headers, then MLflow's credential variables over them (as the
     MLflow client does, which is why ``auth`` warns when they are set)."""
-    from kedro_vertex_hooks import __version__
     from kedro_vertex_hooks.auth import installed_provider
 
-    headers = {"User-Agent": f"kedro-vertex-hooks/{__version__}"}
+    headers = {"User-Agent": _user_agent()}
     installed = installed_provider()
     if installed is not None and installed.provider.in_context():
         headers.update(installed.provider.request_headers())
