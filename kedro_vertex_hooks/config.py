@@ -7,6 +7,7 @@ instead of being ignored, whether or not kedro-mlflow is installed.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,7 +17,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kedro_vertex_hooks.errors import UserError
+from kedro_vertex_hooks.kedro_compat import package_name
 from kedro_vertex_hooks.naming import DEFAULT_SECRET_PATTERNS
+
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(UserError):
@@ -215,6 +219,28 @@ class ProjectConfig:
         return provider.model_copy(update={"init_kwargs": {**provider.init_kwargs, **extra}})
 
 
+def ignored_settings(mlflow_yml: MlflowYml) -> list[str]:
+    """kedro-mlflow keys set to something other than their default that this package does not
+    use (the run comes from the orchestrator, not from ``tracking.run``): said, not silent."""
+    defaults = MlflowYml()
+    pairs = [
+        ("server.mlflow_registry_uri", mlflow_yml.server.mlflow_registry_uri,
+         defaults.server.mlflow_registry_uri),
+        ("tracking.disable_tracking.disable_autologging",
+         mlflow_yml.tracking.disable_tracking.disable_autologging,
+         defaults.tracking.disable_tracking.disable_autologging),
+        ("tracking.experiment.create_experiment_kwargs",
+         mlflow_yml.tracking.experiment.create_experiment_kwargs,
+         defaults.tracking.experiment.create_experiment_kwargs),
+        ("tracking.experiment.restore_if_deleted",
+         mlflow_yml.tracking.experiment.restore_if_deleted,
+         defaults.tracking.experiment.restore_if_deleted),
+        ("tracking.run", mlflow_yml.tracking.run, defaults.tracking.run),
+        ("ui", mlflow_yml.ui, defaults.ui),
+    ]  # fmt: skip
+    return [key for key, value, default in pairs if value != default]
+
+
 def default_tracking_uri(project_path: Path) -> str:
     """The embedded store: a sqlite file in the project."""
     return f"sqlite:///{(project_path / 'mlflow.db').as_posix()}"
@@ -226,11 +252,18 @@ def load_project_config(context: Any) -> ProjectConfig:
     raw_vertex, vertex_source = _load(context, "vertexai", ["vertexai*", "vertexai*/**"])
     mlflow_yml = parse_mlflow_yml(raw_mlflow, mlflow_source)
     vertexai_yml = parse_vertexai_yml(raw_vertex, vertex_source)
+    for key in ignored_settings(mlflow_yml):
+        logger.warning(
+            "%s: '%s' is set, but kedro-vertex-hooks does not use it (kedro-mlflow does, when "
+            "its hook runs); the run comes from MLFLOW_RUN_ID / KEDRO_CONFIG_RUN_ID.",
+            mlflow_source,
+            key,
+        )
     if mlflow_yml.server.credentials:
         export_credentials(context, mlflow_yml.server.credentials, mlflow_source)
     project_path = Path(context.project_path)
     tracking_uri, source = resolve_tracking_uri(mlflow_yml, project_path, mlflow_source)
-    experiment = mlflow_yml.tracking.experiment.name or _package_name(context, project_path)
+    experiment = mlflow_yml.tracking.experiment.name or package_name(context, project_path)
     return ProjectConfig(
         mlflow=mlflow_yml,
         vertexai=vertexai_yml,
@@ -283,12 +316,3 @@ def export_credentials(context: Any, name: str, mlflow_source: str) -> None:
                 f"variable {key})."
             )
         os.environ[str(key)] = str(value)
-
-
-def _package_name(context: Any, project_path: Path) -> str:
-    name = getattr(context, "_package_name", None)
-    if name:
-        return str(name)
-    from kedro.framework.startup import bootstrap_project
-
-    return bootstrap_project(project_path).package_name

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from kedro_vertex_hooks.kedro_compat import dataset_protocol, dataset_save_path
 from kedro_vertex_hooks.naming import flatten, legal_key
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def _subfolder(folder: str, relative: Path) -> str:
 
 def _local_save_path(dataset: Any, dataset_name: str) -> Path | None:
     """Where ``dataset`` saved, if that is on this machine; None (with a warning) if not."""
-    path = _save_path(dataset)
+    path = dataset_save_path(dataset)
     if path is None:
         logger.warning(
             "Dataset '%s' (%s) has no file path: nothing to log as an artifact. Remove it "
@@ -54,7 +55,7 @@ def _local_save_path(dataset: Any, dataset_name: str) -> Path | None:
         )
         return None
     text = str(path)
-    protocol = getattr(dataset, "_protocol", None)  # fsspec datasets strip it from the path
+    protocol = dataset_protocol(dataset)
     if isinstance(protocol, str) and protocol not in _LOCAL_PROTOCOLS:
         text = f"{protocol}://{text}"
     if "://" in text and not text.startswith("file://"):
@@ -65,26 +66,6 @@ def _local_save_path(dataset: Any, dataset_name: str) -> Path | None:
         )
         return None
     return Path(text.removeprefix("file://"))
-
-
-def _save_path(dataset: Any) -> Any:
-    """The path of the last save: for a versioned dataset, the version folder's file."""
-    if getattr(dataset, "_version", None) and callable(
-        getattr(dataset, "resolve_save_version", None)
-    ):
-        try:
-            return dataset._get_versioned_path(dataset.resolve_save_version())
-        except Exception:  # a dataset that versions differently: fall back to its plain path
-            pass
-    for attribute in ("_filepath", "filepath", "_path", "path"):
-        value = getattr(dataset, attribute, None)
-        if value:
-            return value
-    try:
-        described = dataset._describe()
-    except Exception:
-        return None
-    return described.get("filepath") if isinstance(described, Mapping) else None
 
 
 def metric_values(dataset_name: str, data: Any) -> dict[str, float]:

@@ -30,6 +30,7 @@ from kedro_vertex_hooks.kedro_vertexai_compat import (
     keep_start_step_run_running,
     switch_off_kedro_vertexai_tags_hook,
 )
+from kedro_vertex_hooks.naming import DEFAULT_PIPELINE
 from kedro_vertex_hooks.resolve import RunSource
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def passive() -> Iterator[None]:
 
 
 def _pipeline_name(run_params: dict[str, Any]) -> str:
-    names = run_params.get("pipeline_names") or run_params.get("pipeline_name") or "__default__"
+    names = run_params.get("pipeline_names") or run_params.get("pipeline_name") or DEFAULT_PIPELINE
     return names if isinstance(names, str) else "+".join(names)
 
 
@@ -150,6 +151,14 @@ class MlflowRunHooks:
 
         self._catalog = catalog
         name = _pipeline_name(run_params)
+        if name in self._config.mlflow.tracking.disable_tracking.pipelines:
+            self._opening = None
+            logger.info(
+                "Pipeline '%s' is listed in mlflow.yml tracking.disable_tracking.pipelines: "
+                "not tracked.",
+                name,
+            )
+            return
         self._pipeline_nodes = pipeline_node_names(name) or [n.name for n in pipeline.nodes]
         self._downstream_nodes = downstream_node_names(name, (n.name for n in pipeline.nodes))
         opening, self._opening = self._opening, None
@@ -170,7 +179,7 @@ class MlflowRunHooks:
             self._source.describe(),
         )
 
-    def _open_session(self, pipeline_name: str = "__default__") -> Any:
+    def _open_session(self, pipeline_name: str = DEFAULT_PIPELINE) -> Any:
         from kedro_vertex_hooks.session import TrackingSession
 
         assert self._config is not None and self._source is not None

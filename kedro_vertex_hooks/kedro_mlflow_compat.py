@@ -14,6 +14,8 @@ import logging
 import sys
 from typing import Any
 
+from kedro_vertex_hooks.kedro_compat import hook_manager
+
 logger = logging.getLogger(__name__)
 
 _KEDRO_MLFLOW = "kedro_mlflow"
@@ -33,7 +35,7 @@ def switch_off_kedro_mlflow_hook(context: Any) -> bool:
     runs (it reads mlflow.yml, sets the tracking URI and experiment, exports
     ``server.credentials``: harmless); every later hook of it is skipped.
     """
-    manager = getattr(context, "_hook_manager", None)
+    manager = hook_manager(context)
     if manager is None:
         return False
     found = [plugin for plugin in manager.get_plugins() if _is_kedro_mlflow(plugin)]

@@ -24,6 +24,7 @@ import atexit
 import logging
 from typing import Any
 
+from kedro_vertex_hooks.kedro_compat import hook_manager
 from kedro_vertex_hooks.naming import RUN_RUNNING
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ _START_COMMAND = ("vertexai", "mlflow-start")
 
 def switch_off_kedro_vertexai_tags_hook(context: Any) -> bool:
     """Unregister kedro-vertexai's MLflow tags hook from this session; True if it was there."""
-    manager = getattr(context, "_hook_manager", None)
+    manager = hook_manager(context)
     if manager is None:
         return False
     found = [p for p in manager.get_plugins() if type(p).__module__ == _TAGS_HOOK_MODULE]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kedro_vertex_hooks.naming import (
+    DEFAULT_PIPELINE,
     NODE_COMPLETED,
     NODE_FAILED,
     NODE_LOST,
@@ -52,7 +53,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PIPELINE = "__default__"
 
 FINISHED, FAILED, KILLED = RUN_FINISHED, RUN_FAILED, RUN_KILLED
 # PipelineTaskFinalStatus.state values (KFP, Vertex AI Pipelines).

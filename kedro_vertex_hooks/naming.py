@@ -23,6 +23,7 @@ TAG_LATEST_NODE = "kedro.latest_node"
 TAG_FAILED_NODE = "kedro.failed_node"
 TAG_ERROR = "kedro.error"
 TAG_PIPELINE = "kedro.pipeline"
+DEFAULT_PIPELINE = "__default__"  # Kedro's name for the pipeline `kedro run` runs
 TAG_NODE_STATUS = "kedro.node_status"
 TAG_NODE_STARTED = "kedro.node_started_at"
 TAG_NODE_ENDED = "kedro.node_ended_at"

@@ -32,6 +32,7 @@ from kedro_vertex_hooks.connection import connect
 from kedro_vertex_hooks.datasets import artifact_destinations, metric_values
 from kedro_vertex_hooks.errors import UserError
 from kedro_vertex_hooks.naming import (
+    DEFAULT_PIPELINE,
     MAX_TAG_VALUE_LENGTH,
     METRIC_NODE_DURATION,
     METRIC_NODE_PEAK_RSS,
@@ -175,7 +176,7 @@ class TrackingSession:
         options: HookOptions,
         source: RunSource,
         kedro_context: Any = None,
-        pipeline_name: str = "__default__",
+        pipeline_name: str = DEFAULT_PIPELINE,
     ) -> TrackingSession:
         """Resolve and check the run (retrying through a short outage) and connect to it."""
         client = connect(config, options, kedro_context)

@@ -8,7 +8,8 @@ it filters when MLflow iterates, so registrations made after ours are covered to
 
 A node step that talks REST never imports MLflow, so there is no registry to install into.
 If MLflow is imported later (an artifact upload, a kedro-mlflow dataset, the user's own
-code), it loads its registry's entry points and :func:`provider_for_mlflow` hands it ours.
+code), it loads its registry's entry points, and
+:func:`kedro_vertex_hooks.mlflow_entry_point.provider_for_mlflow` hands it ours.
 """
 
 from __future__ import annotations
@@ -223,40 +224,20 @@ def _class_path(provider: Any) -> str:
     return f"{type(provider).__module__}.{type(provider).__qualname__}"
 
 
-class _NoProvider:
-    """What MLflow registers from our entry point when no provider is installed yet."""
-
-    def in_context(self) -> bool:
-        return False
-
-    def request_headers(self) -> dict[str, str]:
-        return {}
-
-
-def provider_for_mlflow() -> Any:
-    """Entry point ``mlflow.request_header_provider``: MLflow calls it once, when it loads
-    its registry, and registers what it returns."""
-    installed = _installed
-    return installed.provider if installed is not None else _NoProvider()
-
-
-def _mlflow_registry() -> Any:
-    from mlflow.tracking.request_header import registry
-
-    return registry._request_header_provider_registry
-
-
 def _provider_list() -> _SingleRegistrationList:
-    registry = _mlflow_registry()
-    if not isinstance(registry._registry, _SingleRegistrationList):
-        registry._registry = _SingleRegistrationList(registry._registry)
-    return registry._registry
+    from kedro_vertex_hooks.mlflow_compat import header_provider_list, set_header_provider_list
+
+    providers = header_provider_list()
+    if not isinstance(providers, _SingleRegistrationList):
+        providers = _SingleRegistrationList(providers)
+        set_header_provider_list(providers)
+    return providers
 
 
 def _register(provider: Any) -> None:
     """Leave exactly one entry for ``provider`` and none for other instances of its class."""
     if "mlflow" not in sys.modules:
-        return  # nothing to install into yet: see provider_for_mlflow
+        return  # nothing to install into yet: see mlflow_entry_point.provider_for_mlflow
     providers = _provider_list()
     current = list.copy(providers)
     wanted = [
