@@ -34,10 +34,10 @@ from kedro_vertex_hooks.naming import (
 from kedro_vertex_hooks.resolve import (
     ResolvedRun,
     RunResolutionError,
-    ensure_experiment,
+    RunSource,
     fetch_run,
-    find_or_create_job_run,
     job_tags,
+    resolve_run,
     runs_for_job,
 )
 from kedro_vertex_hooks.summary import (
@@ -162,15 +162,16 @@ def start_run(
     A retried or cached start step therefore never forks the run. Without a job id there is
     nothing to find: a new run is created.
     """
-    experiment_id = ensure_experiment(client, experiment_name)
-    if job_id:
-        return find_or_create_job_run(
-            client, experiment_id, job_id, job_name, run_name or job_name, settle_s
-        )
-    run = client.create_run(
-        experiment_id, tags=job_tags(None, job_name), run_name=run_name or job_name
+    source = RunSource("job" if job_id else "local", None, job_id, job_name)
+    return resolve_run(
+        client,
+        source,
+        client.tracking_uri,
+        experiment_name,
+        settle_s,
+        run_name=run_name or job_name,
+        new_run_tags=job_tags(None, job_name),
     )
-    return ResolvedRun.from_run(run, created_here=True)
 
 
 def find_run_id(

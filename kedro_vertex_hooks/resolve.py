@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from kedro_vertex_hooks.errors import UserError
-from kedro_vertex_hooks.naming import TAG_JOB_ID, TAG_JOB_NAME, TAG_PIPELINE
+from kedro_vertex_hooks.naming import TAG_JOB_ID, TAG_JOB_NAME
 
 if TYPE_CHECKING:
     from kedro_vertex_hooks.tracking_client import Run, TrackingClient
@@ -184,10 +184,13 @@ def resolve_run(
     source: RunSource,
     tracking_uri: str,
     experiment_name: str,
-    pipeline_name: str,
     settle_s: float,
+    run_name: str | None = None,
+    new_run_tags: dict[str, str] | None = None,
 ) -> ResolvedRun:
-    """The run a node step logs into: resumed, the job's (found or created), or a new one."""
+    """The one decision of which run: resumed by id, the job's (found, or created by whichever
+    racing step wins), or a new one with ``new_run_tags``. Node steps and ``start-run`` both
+    come here."""
     if source.mode == "resume":
         assert source.run_id is not None
         return fetch_run(client, source.run_id, tracking_uri)
@@ -195,7 +198,7 @@ def resolve_run(
     if source.mode == "job":
         assert source.job_id is not None
         return find_or_create_job_run(
-            client, experiment_id, source.job_id, source.job_name, run_name=None, settle_s=settle_s
+            client, experiment_id, source.job_id, source.job_name, run_name, settle_s
         )
-    run = client.create_run(experiment_id, tags={TAG_PIPELINE: pipeline_name})
+    run = client.create_run(experiment_id, tags=new_run_tags or {}, run_name=run_name)
     return ResolvedRun.from_run(run, created_here=True)

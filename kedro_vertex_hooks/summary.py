@@ -1,4 +1,4 @@
-"""What a user sees of a finished pipeline: the run description and the ``timeline.html`` chart.
+"""What a user sees of a finished pipeline: the run description (the timeline is timeline.py).
 
 Pure functions over plain dicts (a run's tags and metrics, the pipeline's node names), so that
 the exit handler, the tests and anyone else can build the same summary. No MLflow import.
