@@ -8,7 +8,7 @@
 #                   kedro-mlflow 1.x) plus this package, resolved by pip as a user's would be;
 #   .venv-mlflow-2.14 / .venv-mlflow-3.0
 #                   the oldest MLflow client of each supported line (mlflow-skinny).
-# The tests use all of them.
+# The tests use all of them; `bootstrap.sh --main` makes only .venv (all the main job needs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -23,6 +23,9 @@ make_venv() {
 }
 
 make_venv .venv -e ".[test,kedro-mlflow]" -e ./sample_project
+if [ "${1:-}" = "--main" ]; then
+    exit 0
+fi
 make_venv .venv-skinny -e ".[mlflow-skinny,gcp]" -e ./sample_project
 if .venv-skinny/bin/python -c "import sqlalchemy" 2>/dev/null; then
     echo "bootstrap: .venv-skinny must hold the client-only MLflow, but sqlalchemy is there" >&2

@@ -4,6 +4,6 @@
 # Add --fail to make node quality_gate fail and see a FAILED run with its summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/bootstrap.sh
+bash scripts/bootstrap.sh --main
 export KEDRO_DISABLE_TELEMETRY=1 MLFLOW_DISABLE_TELEMETRY=true
 exec .venv/bin/python scripts/run_kfp_local.py "$@"
