@@ -36,6 +36,12 @@ from kedro_vertex_hooks.resolve import RunSource
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
+    from kedro.framework.context import KedroContext
+    from kedro.io import CatalogProtocol
+    from kedro.pipeline import Node, Pipeline
+
+    from kedro_vertex_hooks.session import TrackingSession
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -58,7 +64,7 @@ def _pipeline_name(run_params: dict[str, Any]) -> str:
     return names if isinstance(names, str) else "+".join(names)
 
 
-def _registered_pipelines(pipeline_name: str) -> list[Any]:
+def _registered_pipelines(pipeline_name: str) -> list[Pipeline]:
     """The registered pipelines ``pipeline_name`` joins with ``+``; empty when the project
     does not register one of them."""
     from kedro.framework.project import pipelines
@@ -113,18 +119,18 @@ class MlflowRunHooks:
     def __init__(self, **options: Any) -> None:
         self.options = parse_options(options)
         self._config: ProjectConfig | None = None
-        self._context: Any = None
+        self._context: KedroContext | None = None
         self._source: RunSource | None = None
-        self._session: Any = None
+        self._session: TrackingSession | None = None
         self._session_pid = os.getpid()
         self._pipeline_nodes: list[str] = []
         self._downstream_nodes: list[str] = []
         self._restore_env: dict[str, str | None] = {}
-        self._catalog: Any = None
-        self._opening: Future[Any] | None = None
+        self._catalog: CatalogProtocol | None = None
+        self._opening: Future[TrackingSession] | None = None
 
     @hook_impl(tryfirst=True)
-    def after_context_created(self, context: Any) -> None:
+    def after_context_created(self, context: KedroContext) -> None:
         """Read the run source before anything can remove MLFLOW_RUN_ID; check the config.
 
         A run to resume is read now, in the background, while Kedro builds the catalog and
@@ -143,7 +149,9 @@ class MlflowRunHooks:
             self._opening = _in_background(self._open_session)
 
     @hook_impl(tryfirst=True)
-    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+    def before_pipeline_run(
+        self, run_params: dict[str, Any], pipeline: Pipeline, catalog: CatalogProtocol
+    ) -> None:
         """Resolve and check the run before the first node; fail the step if it is unusable."""
         if _passive or self._config is None or self._source is None:
             return
@@ -179,7 +187,7 @@ class MlflowRunHooks:
             self._source.describe(),
         )
 
-    def _open_session(self, pipeline_name: str = DEFAULT_PIPELINE) -> Any:
+    def _open_session(self, pipeline_name: str = DEFAULT_PIPELINE) -> TrackingSession:
         from kedro_vertex_hooks.session import TrackingSession
 
         assert self._config is not None and self._source is not None
@@ -187,7 +195,7 @@ class MlflowRunHooks:
             self._config, self.options, self._source, self._context, pipeline_name
         )
 
-    def _here(self) -> Any:
+    def _here(self) -> TrackingSession | None:
         """This process's session: the parent's, or one rebuilt in a worker process."""
         if self._session is not None and self._session_pid == os.getpid():
             return self._session
@@ -201,7 +209,7 @@ class MlflowRunHooks:
         return self._session
 
     @hook_impl
-    def before_node_run(self, node: Any, catalog: Any, inputs: dict[str, Any]) -> None:
+    def before_node_run(self, node: Node, catalog: CatalogProtocol, inputs: dict[str, Any]) -> None:
         session = self._here()
         if session is None:
             return
@@ -210,19 +218,19 @@ class MlflowRunHooks:
         session.node_started(node.name, inputs)
 
     @hook_impl
-    def after_node_run(self, node: Any) -> None:
+    def after_node_run(self, node: Node) -> None:
         session = self._here()
         if session is not None:
             session.node_ran(node.name, node.outputs)
 
     @hook_impl
-    def on_node_error(self, error: Exception, node: Any) -> None:
+    def on_node_error(self, error: Exception, node: Node) -> None:
         session = self._here()
         if session is not None:
             session.node_failed(node.name, error)
 
     @hook_impl
-    def after_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:
+    def after_dataset_saved(self, dataset_name: str, data: Any, node: Node) -> None:
         session = self._here()
         if session is None:
             return
@@ -245,7 +253,7 @@ class MlflowRunHooks:
                 session.fail_step(error)
 
     @contextlib.contextmanager
-    def _ending_step(self) -> Iterator[Any]:
+    def _ending_step(self) -> Iterator[TrackingSession | None]:
         """The step's session, taken for its last writes; the environment is restored after
         them, so that no writer thread is still sending while it changes."""
         session, self._session = self._session, None
