@@ -42,7 +42,7 @@ import yaml
 _INPUT = re.compile(r"\{\{\$\.inputs\.parameters\['([^']+)'\]\}\}")
 _OUTPUT_FILE = re.compile(r"\{\{\$\.outputs\.parameters\['([^']+)'\]\.output_file\}\}")
 _SHARED = "data"  # what the tasks share, as they would share a bucket
-_NOT_IN_IMAGE = ("data", "mlruns", "mlflow.db", "__pycache__", "*.yaml.lock")
+_NOT_IN_IMAGE = ("data", "mlruns", "mlflow.db", "__pycache__")
 
 
 @dataclass
