@@ -163,9 +163,16 @@ def find_or_create_job_run(
 
     A step that finds no run creates one, waits ``settle_s`` for racing steps to create
     theirs, then all pick the oldest (ties by run id); the others delete the run they made.
+    A step that finds a run still settling (created less than ``settle_s`` ago) waits until
+    its creator has decided too: an older racing run may yet appear and win, and the run
+    found would then be deleted with this step's writes in it.
     """
     existing = runs_for_job(client, experiment_id, job_id)
     if existing:
+        wait_s = _settling_s(existing[0], settle_s)
+        if wait_s > 0:
+            time.sleep(wait_s)
+            existing = runs_for_job(client, experiment_id, job_id) or existing
         return ResolvedRun.from_run(existing[0])
     mine = client.create_run(
         experiment_id, tags=job_tags(job_id, job_name), run_name=run_name or job_name
@@ -177,6 +184,17 @@ def find_or_create_job_run(
         client.delete_run(mine.info.run_id)
         return ResolvedRun.from_run(winner)
     return ResolvedRun.from_run(winner, created_here=True)
+
+
+_SETTLE_MARGIN_S = 0.5  # the creator's own search, after its settle_s, takes a request too
+
+
+def _settling_s(run: Run, settle_s: float) -> float:
+    """How long until ``run``'s creator has made its choice (0 when it has)."""
+    if run.info.start_time is None or settle_s <= 0:
+        return 0.0
+    age_s = time.time() - run.info.start_time / 1000
+    return max(0.0, settle_s + _SETTLE_MARGIN_S - age_s)
 
 
 def resolve_run(
