@@ -6,15 +6,24 @@ release no longer has it, so a change in Kedro shows up here and nowhere else.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 
-def hook_manager(context: Any) -> Any:
-    """The session's pluggy manager (``KedroContext._hook_manager``), to unregister a plugin's
-    hook for this session; None when the context has none."""
-    return getattr(context, "_hook_manager", None)
+def unregister_plugins(context: Any, belongs: Callable[[Any], bool]) -> list[Any]:
+    """Unregister, for this session, the hook plugins ``belongs`` picks; the ones it found.
+
+    Reads the session's pluggy manager (``KedroContext._hook_manager``). A hook call already
+    under way (e.g. the ``after_context_created`` that calls this) still reaches them.
+    """
+    manager = getattr(context, "_hook_manager", None)
+    if manager is None:
+        return []
+    found = [plugin for plugin in manager.get_plugins() if belongs(plugin)]
+    for plugin in found:
+        manager.unregister(plugin)
+    return found
 
 
 def package_name(context: Any, project_path: Path) -> str:

@@ -14,7 +14,7 @@ import logging
 import sys
 from typing import Any
 
-from kedro_vertex_hooks.kedro_compat import hook_manager
+from kedro_vertex_hooks.kedro_compat import unregister_plugins
 
 logger = logging.getLogger(__name__)
 
@@ -35,18 +35,15 @@ def switch_off_kedro_mlflow_hook(context: Any) -> bool:
     runs (it reads mlflow.yml, sets the tracking URI and experiment, exports
     ``server.credentials``: harmless); every later hook of it is skipped.
     """
-    manager = hook_manager(context)
-    if manager is None:
-        return False
-    found = [plugin for plugin in manager.get_plugins() if _is_kedro_mlflow(plugin)]
+    found = unregister_plugins(context, _is_kedro_mlflow)
     for plugin in found:
-        manager.unregister(plugin)
         _idle(plugin)  # forked ParallelRunner workers register this same object again
     if found:
         logger.info(
             "kedro-vertex-hooks owns the MLflow run: kedro-mlflow's hook is switched off for "
-            "this session (its datasets still log into the run). Set "
-            'DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow",) in settings.py to make this explicit.'
+            "this session (its datasets still log into the run). Without kedro-vertexai (whose "
+            'start step needs it), DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow",) in '
+            "settings.py makes this explicit."
         )
     return bool(found)
 

@@ -24,7 +24,7 @@ import atexit
 import logging
 from typing import Any
 
-from kedro_vertex_hooks.kedro_compat import hook_manager
+from kedro_vertex_hooks.kedro_compat import unregister_plugins
 from kedro_vertex_hooks.naming import RUN_RUNNING
 
 logger = logging.getLogger(__name__)
@@ -39,12 +39,7 @@ _START_COMMAND = ("vertexai", "mlflow-start")
 
 def switch_off_kedro_vertexai_tags_hook(context: Any) -> bool:
     """Unregister kedro-vertexai's MLflow tags hook from this session; True if it was there."""
-    manager = hook_manager(context)
-    if manager is None:
-        return False
-    found = [p for p in manager.get_plugins() if type(p).__module__ == _TAGS_HOOK_MODULE]
-    for plugin in found:
-        manager.unregister(plugin)
+    found = unregister_plugins(context, lambda p: type(p).__module__ == _TAGS_HOOK_MODULE)
     if found:
         logger.debug(
             "kedro-vertexai's MLflow tags hook is switched off: kedro-vertex-hooks sets its "

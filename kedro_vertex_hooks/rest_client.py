@@ -13,12 +13,11 @@ hooks use :class:`~kedro_vertex_hooks.mlflow_client.MlflowTrackingClient`.
 from __future__ import annotations
 
 import base64
-import functools
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from importlib.metadata import entry_points, version
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -281,17 +280,13 @@ def _tls_verify() -> bool | str:
     return True
 
 
-@functools.cache
-def _user_agent() -> str:
-    return f"kedro-vertex-hooks/{version('kedro-vertex-hooks')}"
-
-
 def _request_headers() -> dict[str, str]:
     """The installed provider's headers, then MLflow's credential variables over them (as the
     MLflow client does, which is why ``auth`` warns when they are set)."""
+    from kedro_vertex_hooks import __version__  # a constant: imports nothing else
     from kedro_vertex_hooks.auth import installed_provider
 
-    headers = {"User-Agent": _user_agent()}
+    headers = {"User-Agent": f"kedro-vertex-hooks/{__version__}"}
     installed = installed_provider()
     if installed is not None and installed.provider.in_context():
         headers.update(installed.provider.request_headers())

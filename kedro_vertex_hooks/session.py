@@ -70,7 +70,7 @@ from kedro_vertex_hooks.retry import (
     retry_transient,
     short_error,
 )
-from kedro_vertex_hooks.status import step_end_status, step_start_status
+from kedro_vertex_hooks.status import every_node_completed, step_end_status, step_start_status
 from kedro_vertex_hooks.writer import RunWriter, Write
 
 if TYPE_CHECKING:
@@ -369,10 +369,7 @@ class TrackingSession:
         report = self.writer.report
         if run is None or run.status != RUN_RUNNING or report.delivered_late or report.given_up:
             return False
-        return any(
-            run.tags.get(node_key(TAG_NODE_STATUS, name)) != NODE_COMPLETED
-            for name in downstream_nodes
-        )
+        return not every_node_completed(run.tags, downstream_nodes)
 
     def fail_step(self, error: BaseException) -> None:
         """The step failed: nodes still in flight failed with it, and the run is FAILED.

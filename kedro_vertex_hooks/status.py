@@ -1,6 +1,6 @@
 """The run-status rules a node step applies, as pure functions of what the run holds.
 
-RUN_RUNNING while the pipeline runs; FAILED the moment a node fails, and for good; FINISHED only
+RUNNING while the pipeline runs; FAILED the moment a node fails, and for good; FINISHED only
 when every node of the pipeline completed. ``finalize``'s terminal rules are in
 :func:`kedro_vertex_hooks.lifecycle.plan_finalize`.
 """
@@ -29,15 +29,13 @@ def step_start_status(
 ) -> str | None:
     """The status a step's first write sets; None to leave it.
 
-    A run that reads FINISHED (or KILLED) while a node of the pipeline has not completed was
-    ended early by something else, e.g. the fluent run of kedro-vertexai's start step, which
-    MLflow ends FINISHED at that process's exit: it is RUNNING again. FAILED stays.
+    Only ever RUNNING: a run that reads FINISHED (or KILLED) while a node of the pipeline has
+    not completed was ended early by something else, e.g. the fluent run of kedro-vertexai's
+    start step, which MLflow ends FINISHED at that process's exit. The step's end settles
+    FAILED and FINISHED.
     """
-    if status in (RUN_RUNNING, RUN_FAILED) or TAG_FAILED_NODE in tags:
-        return None
-    if every_node_completed(tags, pipeline_nodes):
-        return None
-    return RUN_RUNNING
+    target = step_end_status(status, tags, pipeline_nodes)
+    return RUN_RUNNING if target == RUN_RUNNING else None
 
 
 def step_end_status(

@@ -15,16 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from kedro_vertex_hooks.naming import TAG_NODE_STATUS, node_key
 from tests.support.mlflow_server import MlflowServer
 from tests.support.project import (
-    EXPECTED_PARAMS,
     REPO,
     SAMPLE_NODES,
     SKINNY_PYTHON,
     Project,
     base_env,
 )
+from tests.support.tracked import assert_finished_with_every_node_completed
 from tests.support.vertexai import VERTEXAI_PYTHON
 
 CLIENTS = {
@@ -113,10 +112,5 @@ def test_the_run_lives_and_ends_through_each_client_against_each_server(version,
     assert closed.returncode == 0, (closed.stdout + closed.stderr)[-3000:]
 
     assert statuses == ["RUNNING", "FINISHED"]
-    final = client.get_run(run_id)
-    assert final.info.status == "FINISHED"
-    for name in SAMPLE_NODES:
-        assert final.data.tags[node_key(TAG_NODE_STATUS, name)] == "completed", name
-    for key, value in EXPECTED_PARAMS.items():
-        assert final.data.params[key] == value, key
+    assert_finished_with_every_node_completed(client.get_run(run_id))
     assert {a.path for a in client.list_artifacts(run_id)} >= {"report"}

@@ -20,6 +20,7 @@ from kedro_vertex_hooks.naming import (
 )
 from tests.support.project import EXPECTED_PARAMS, SAMPLE_NODES, SAMPLE_STEPS, base_env
 from tests.support.proxy import MlflowProxy
+from tests.support.tracked import assert_finished_with_every_node_completed
 
 GET_RUN = "GET /api/2.0/mlflow/runs/get"
 
@@ -27,14 +28,6 @@ GET_RUN = "GET /api/2.0/mlflow/runs/get"
 def new_run(client, name: str) -> str:
     experiment_id = client.create_experiment(name)
     return client.create_run(experiment_id, tags={TAG_JOB_ID: f"job-{name}"}).info.run_id
-
-
-def assert_finished_with_every_node_completed(run) -> None:
-    assert run.info.status == "FINISHED"
-    for key, value in EXPECTED_PARAMS.items():
-        assert run.data.params[key] == value, key
-    for name in SAMPLE_NODES:
-        assert run.data.tags[node_key(TAG_NODE_STATUS, name)] == "completed", name
 
 
 def assert_ok(result) -> None:

@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from kedro_vertex_hooks.naming import TAG_NODE_STATUS, node_key
+from tests.support.project import EXPECTED_PARAMS, SAMPLE_NODES
+
 
 def every_run_id(client: Any) -> set[str]:
     """Ids of all runs in all experiments, deleted ones included (so no extra run hides)."""
@@ -29,3 +32,13 @@ def artifact_json(client: Any, run_id: str, path: str, download_to: Path) -> Any
 def local_json(project_root: Path, name: str) -> Any:
     """A dataset file the project wrote, to compare with what reached the run."""
     return json.loads((project_root / "data" / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def assert_finished_with_every_node_completed(run: Any) -> None:
+    """A sample_project run as a user expects it at the end: FINISHED, its params, every node
+    ``completed``."""
+    assert run.info.status == "FINISHED"
+    for key, value in EXPECTED_PARAMS.items():
+        assert run.data.params[key] == value, key
+    for name in SAMPLE_NODES:
+        assert run.data.tags[node_key(TAG_NODE_STATUS, name)] == "completed", name
