@@ -73,10 +73,16 @@ def _connect(config: ProjectConfig, options: HookOptions, context: Any) -> Mlflo
     return connect_mlflow(config, options, context)
 
 
-def _with_retries(action: Callable[[], T], budget_s: float, uri: str) -> T:
-    from kedro_vertex_hooks.retry import retry_transient
+def _with_retries(
+    action: Callable[[], T], options: HookOptions, budget_s: float | None, uri: str
+) -> T:
+    """``action`` retried through an outage (``--outage-budget``, else the hooks' budget)."""
+    from kedro_vertex_hooks.retry import OutageClock, retry_transient
 
-    return retry_transient(action, budget_s, f"Tracking URI {uri}")[0]
+    clock = OutageClock(
+        options.outage_budget_s if budget_s is None else budget_s, options.overload_budget_s
+    )
+    return retry_transient(action, clock, f"Tracking URI {uri}")[0]
 
 
 @contextlib.contextmanager
@@ -146,7 +152,8 @@ def start_run_command(
                 run_name,
                 options.run_search_settle_s,
             ),
-            options.outage_budget_s if outage_budget is None else outage_budget,
+            options,
+            outage_budget,
             config.tracking_uri,
         )
         if output is not None:
@@ -207,7 +214,8 @@ def finalize_command(
 
         result = _with_retries(
             close,
-            options.outage_budget_s if outage_budget is None else outage_budget,
+            options,
+            outage_budget,
             config.tracking_uri,
         )
     changed = ", ".join(result.changed) or "nothing changed (already finalized)"

@@ -130,6 +130,8 @@ class HookOptions(_Strict):
     background_writes: bool = True
     strict: bool = False
     outage_budget_s: float = Field(default=60.0, ge=0)
+    overload_budget_s: float | None = Field(default=None, ge=0)
+    on_undelivered: Literal["fail", "warn"] = "fail"
     run_untracked_if_unreachable: bool = False
     http_timeout_s: float = Field(default=10.0, gt=0)
     http_max_retries: int = Field(default=2, ge=0)

@@ -1,19 +1,24 @@
 """The outage policy: which failures are transient, and how long they are waited out.
 
-Both the writer (a step's queued writes) and the commands and run resolution (one call each)
-retry through an outage of the tracking server for at most ``outage_budget_s``; anything that
-is not transient (a refused token, a missing run, an untrusted certificate) fails at once.
+Two kinds of trouble, two budgets. A server that does not answer at all (refused or reset
+connections, a gateway's 502/504, other 5xx) is *down*: its writes are retried for
+``outage_budget_s``. A server that answers "busy" (429, 503) or too slowly (a read timeout)
+is *overloaded*, not gone: by default its writes are retried for as long as it keeps
+answering (``overload_budget_s=None``), because giving up on a busy server loses data that
+would have landed. Anything else (a refused token, a missing run, an untrusted certificate)
+fails at once.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from kedro_vertex_hooks.errors import UserError
 from kedro_vertex_hooks.naming import trim
@@ -25,7 +30,19 @@ logger = logging.getLogger(__name__)
 # with url: ... (Caused by ResponseError('too many 503 error responses'))"
 _HTTP_CAUSE = re.compile(r"^(?P<request>.*?) failed with exception .*\(Caused by (?P<cause>.*)\)$")
 _TLS_FAILURE_SIGNS = ("SSLError", "CERTIFICATE_VERIFY_FAILED", "certificate verify failed")
+# How MLflow's client words a busy answer or a slow one once its own retries are spent.
+_BUSY_SIGNS = (
+    "too many 429 error responses",
+    "too many 503 error responses",
+    "error code 429",
+    "error code 503",
+    "Read timed out",
+    "ReadTimeoutError",
+)
+_DOWN_SIGNS = ("failed with exception", "Max retries exceeded", "error code 5")
+BUSY_STATUSES = frozenset({429, 503})
 T = TypeVar("T")
+Trouble = Literal["busy", "down"]
 
 
 class TrackingError(UserError):
@@ -33,83 +50,108 @@ class TrackingError(UserError):
 
 
 class TrackingUnreachableError(TrackingError):
-    """The tracking server did not answer within the outage budget."""
+    """The tracking server did not answer (or stayed busy) past its budget."""
 
 
 class OutageClock:
-    """One outage budget for everything a step sends: it starts at the first failed call and
-    ends at the next success, so a long outage is waited out once, not once per write."""
+    """The budgets of one step's calls: an outage is waited out once, not once per write.
 
-    def __init__(self, budget_s: float) -> None:
+    The outage budget counts from the first call that got no answer and restarts whenever
+    the server answers, even "busy"; the overload budget (None: no limit) counts from the
+    first failed call. Both end with the next call that succeeds.
+    """
+
+    def __init__(self, budget_s: float, overload_budget_s: float | None = None) -> None:
         self.budget_s = budget_s
-        self._since: float | None = None
+        self.overload_budget_s = overload_budget_s
+        self._down_since: float | None = None
+        self._trouble_since: float | None = None
         self._lock = threading.Lock()
 
     def remaining_s(self) -> float:
+        """Seconds left to retry; ``math.inf`` while a busy server may be waited for."""
         with self._lock:
-            if self._since is None:
-                return self.budget_s
-            return max(0.0, self.budget_s - (time.monotonic() - self._since))
+            now = time.monotonic()
+            left = math.inf
+            if self._down_since is not None:
+                left = self.budget_s - (now - self._down_since)
+            if self._trouble_since is not None and self.overload_budget_s is not None:
+                left = min(left, self.overload_budget_s - (now - self._trouble_since))
+            return max(0.0, left)
 
-    def failed(self, started: float) -> bool:
-        """Record a call started at ``started`` (monotonic) that failed; True if it starts a
-        new outage."""
+    def failed(self, started: float, trouble: Trouble) -> bool:
+        """Record a call started at ``started`` (monotonic) that failed; True if it starts
+        a period worth a log line (trouble begins, or a busy server stops answering)."""
         with self._lock:
-            if self._since is not None:
-                return False
-            self._since = started
-            return True
+            new = self._trouble_since is None
+            if new:
+                self._trouble_since = started
+            if trouble == "busy":
+                self._down_since = None
+                return new
+            if self._down_since is None:
+                self._down_since = started
+                return True
+            return False
 
     def recovered(self) -> float | None:
-        """Record a successful call; the outage's length if one just ended."""
+        """Record a successful call; the trouble's length if one just ended."""
         with self._lock:
-            since, self._since = self._since, None
+            since, self._trouble_since, self._down_since = self._trouble_since, None, None
         return None if since is None else time.monotonic() - since
 
+    def exhausted(self) -> str:
+        """Which budget ran out, in the words of its option."""
+        with self._lock:
+            down = self._down_since is not None
+        if down or self.overload_budget_s is None:
+            return f"did not answer for {self.budget_s:.0f} s (outage_budget_s)"
+        return f"stayed busy for {self.overload_budget_s:.0f} s (overload_budget_s)"
 
-def is_transient(exc: BaseException) -> bool:
-    """True for errors worth retrying: no connection, timeouts, 5xx and 429 answers.
 
-    A TLS failure (an untrusted certificate) is not an outage: waiting does not fix it.
-    """
+def trouble_kind(exc: BaseException) -> Trouble | None:
+    """``"busy"`` (429, 503, a read timeout), ``"down"`` (no answer, other 5xx), or None when
+    retrying cannot help. A TLS failure (an untrusted certificate) is not an outage."""
     if any(sign in str(exc) for sign in _TLS_FAILURE_SIGNS):
-        return False
+        return None
     mlflow_exceptions = sys.modules.get("mlflow.exceptions")  # never import MLflow for this
     rest_errors: tuple[type[BaseException], ...] = (RestApiError,)
     if mlflow_exceptions is not None:
         rest_errors += (mlflow_exceptions.RestException,)
     if isinstance(exc, rest_errors):
         status = exc.get_http_status_code()  # type: ignore[attr-defined]
-        return status >= 500 or status == 429
+        if status in BUSY_STATUSES:
+            return "busy"
+        return "down" if status >= 500 else None
+    from requests.exceptions import ReadTimeout, RequestException
+
+    chain = [exc, *([exc.__cause__] if exc.__cause__ is not None else [])]
+    if any(isinstance(e, ReadTimeout) for e in chain):
+        return "busy"
     if mlflow_exceptions is not None and isinstance(exc, mlflow_exceptions.MlflowException):
         text = str(exc)
-        return any(
-            sign in text
-            for sign in (
-                "failed with exception",
-                "Max retries exceeded",
-                "error code 5",
-                "error code 429",
-            )
-        )
-    from requests.exceptions import RequestException
-
+        if any(sign in text for sign in _BUSY_SIGNS):
+            return "busy"
+        return "down" if any(sign in text for sign in _DOWN_SIGNS) else None
     # Network errors only: a local file error (an artifact gone, no permission) is not an
     # outage and must not be retried for the whole budget.
-    return isinstance(exc, (ConnectionError, TimeoutError, RequestException))
+    if isinstance(exc, (ConnectionError, TimeoutError, RequestException)):
+        return "busy" if "Read timed out" in str(exc) else "down"
+    return None
 
 
-def retry_transient(
-    action: Callable[[], T], budget_s: float, what: str, clock: OutageClock | None = None
-) -> tuple[T, bool]:
-    """Call ``action``, retrying transient errors with backoff while the outage budget lasts.
+def is_transient(exc: BaseException) -> bool:
+    """True for errors worth retrying: no answer, a busy or slow server, 5xx."""
+    return trouble_kind(exc) is not None
 
-    The budget is ``clock``'s (shared by the calls of a step), else ``budget_s`` for this
-    call; it counts from the start of the first failed attempt, and a spent budget still
-    allows one attempt. Returns the result and whether it came late (after retries or an
-    outage); the last error is raised when the budget is spent or the error is not transient.
+
+def retry_transient(action: Callable[[], T], clock: OutageClock, what: str) -> tuple[T, bool]:
+    """Call ``action``, retrying transient errors with backoff while ``clock`` allows.
+
+    A spent budget still allows one attempt. Returns the result and whether it came late
+    (after retries or an outage); the last error is raised when the budget is spent or the
+    error is not transient.
     """
-    clock = clock or OutageClock(budget_s)
     delay = 0.5
     attempt = 0
     while True:
@@ -117,14 +159,16 @@ def retry_transient(
         try:
             result = action()
         except Exception as exc:
-            if not is_transient(exc):
+            trouble = trouble_kind(exc)
+            if trouble is None:
                 raise
-            if clock.failed(started):
+            if clock.failed(started, trouble):
                 logger.warning(
-                    "%s: tracking server not answering (%s); retrying for up to %.0f s",
+                    "%s: tracking server %s (%s); %s",
                     what,
+                    "busy" if trouble == "busy" else "not answering",
                     short_error(exc),
-                    clock.budget_s,
+                    _retry_plan(clock, trouble),
                 )
             left = clock.remaining_s()
             if left <= 0:
@@ -137,6 +181,14 @@ def retry_transient(
         if outage_s is not None:
             logger.info("%s: tracking server answering again after %.1f s", what, outage_s)
         return result, attempt > 0 or outage_s is not None
+
+
+def _retry_plan(clock: OutageClock, trouble: Trouble) -> str:
+    if trouble == "down":
+        return f"retrying for up to {clock.budget_s:.0f} s (outage_budget_s)"
+    if clock.overload_budget_s is None:
+        return "retrying while it answers (overload is not an outage)"
+    return f"retrying for up to {clock.overload_budget_s:.0f} s (overload_budget_s)"
 
 
 def short_error(exc: BaseException) -> str:

@@ -64,6 +64,7 @@ from kedro_vertex_hooks.resolve import (
     resolve_run,
 )
 from kedro_vertex_hooks.retry import (
+    OutageClock,
     TrackingError,
     TrackingUnreachableError,
     is_transient,
@@ -158,12 +159,14 @@ class TrackingSession:
         self._pending_status: str | None = None
         self._failure_recorded = False
         self._saving: dict[str, tuple[set[str], Write]] = {}  # node -> outputs not yet saved
+        self._in_worker = in_worker_process()
         self.writer = RunWriter(
             client,
             spec.run_id,
             run.params if run else {},
-            background=options.background_writes and not in_worker_process(),
+            background=options.background_writes and not self._in_worker,
             outage_budget_s=options.outage_budget_s,
+            overload_budget_s=options.overload_budget_s,
             on_param_conflict=options.on_param_conflict,
             strict=options.strict,
         )
@@ -181,6 +184,7 @@ class TrackingSession:
         """Resolve and check the run (retrying through a short outage) and connect to it."""
         client = connect(config, options, kedro_context)
         what = f"Tracking URI {config.tracking_uri}"
+        clock = OutageClock(options.outage_budget_s, options.overload_budget_s)
         try:
             run, _ = retry_transient(
                 lambda: resolve_run(
@@ -191,7 +195,7 @@ class TrackingSession:
                     options.run_search_settle_s,
                     new_run_tags={TAG_PIPELINE: pipeline_name},
                 ),
-                options.outage_budget_s,
+                clock,
                 what,
             )
         except UserError:
@@ -206,8 +210,7 @@ class TrackingSession:
             )
             raise TrackingUnreachableError(
                 f"Cannot resolve the MLflow run ({source.describe()}): the tracking server at "
-                f"{config.tracking_uri} did not answer within {options.outage_budget_s:.0f} s "
-                f"(outage_budget_s): {short_error(exc)}.{hint}"
+                f"{config.tracking_uri} {clock.exhausted()}: {short_error(exc)}.{hint}"
             ) from None
         spec = SessionSpec(
             tracking_uri=config.tracking_uri,
@@ -277,7 +280,7 @@ class TrackingSession:
         write = self._node_end(node_name, NODE_COMPLETED)
         pending = set(outputs)
         if not pending:
-            self.writer.submit(write)
+            self._submit_node_end(write)
             return
         with self._lock:
             self._saving[node_name] = (pending, write)
@@ -291,7 +294,14 @@ class TrackingSession:
             if entry[0]:
                 return
             del self._saving[node_name]
-        self.writer.submit(entry[1])
+        self._submit_node_end(entry[1])
+
+    def _submit_node_end(self, write: Write) -> None:
+        """A worker process (ParallelRunner) writes synchronously and has no step end of its
+        own: what it could not deliver fails its node there, or it would be lost unsaid."""
+        self.writer.submit(write)
+        if self._in_worker:
+            self.raise_if_undelivered()
 
     def node_failed(self, node_name: str, error: BaseException) -> None:
         """Record the failure and mark the run FAILED now, synchronously: it must not wait."""
@@ -360,6 +370,7 @@ class TrackingSession:
         if target:
             self.writer.submit(Write(status=target), wait=True)
         self.close()
+        self.raise_if_undelivered()
         return target or RUN_RUNNING
 
     def _cannot_be_complete(self, downstream_nodes: Iterable[str]) -> bool:
@@ -387,6 +398,27 @@ class TrackingSession:
 
     def close(self) -> None:
         self.writer.close()
+
+    def raise_if_undelivered(self) -> None:
+        """With ``on_undelivered="fail"`` (the default), a step whose writes were given up
+        must not exit 0: the orchestrator would not retry it and the run would miss them."""
+        report = self.writer.report
+        if not report.given_up or self.options.on_undelivered != "fail":
+            return
+        raise UndeliveredError(self.run_id, report.undelivered, report.last_error)
+
+
+class UndeliveredError(TrackingError):
+    """Some of a step's writes never reached the run: the step fails, naming them."""
+
+    def __init__(self, run_id: str, names: list[str], last_error: str | None) -> None:
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        super().__init__(
+            f"MLflow run {run_id}: {len(names)} value(s) of this step could not be delivered "
+            f"({last_error or 'no answer'}); missing from the run: {shown}. The nodes ran "
+            "and their outputs are saved; the step fails so that the orchestrator can retry "
+            "it. Set MlflowRunHooks(on_undelivered='warn') to let it succeed with a warning."
+        )
 
 
 def _refused(exc: Exception, source: RunSource, tracking_uri: str) -> TrackingError:

@@ -64,8 +64,16 @@ class Write:
 
     def size(self) -> int:
         """How many values this write carries (params, tags, metrics, status, artifact)."""
-        extra = (self.status is not None) + (self.artifact is not None)
-        return len(self.params) + len(self.tags) + len(self.metrics) + extra
+        return len(self.names())
+
+    def names(self) -> list[str]:
+        """What this write carries, by name, for a report of what was not delivered."""
+        names = [*self.params, *self.tags, *self.metrics]
+        if self.status is not None:
+            names.append(f"run status {self.status}")
+        if self.artifact is not None:
+            names.append(f"artifact {self.artifact[0]}")
+        return names
 
     def merge(self, other: Write) -> None:
         self.params.update(other.params)
@@ -80,8 +88,15 @@ class DeliveryReport:
     delivered: int = 0
     delivered_late: int = 0
     given_up: int = 0
+    undelivered: list[str] = field(default_factory=list)  # names of what was given up
     conflicts: list[str] = field(default_factory=list)
     last_error: str | None = None
+
+    def give_up(self, names: list[str], error: str | None) -> None:
+        self.given_up += len(names)
+        self.undelivered.extend(names)
+        if error is not None:
+            self.last_error = error
 
     def summary(self) -> str:
         text = (
@@ -98,9 +113,10 @@ class RunWriter:
     before sending and different values become conflicts instead of failing the batch.
 
     Through an outage, writes wait in the queue and are retried within ``outage_budget_s``
-    (one budget per outage, shared by every write and read of the step). What cannot be
-    delivered is given up with a warning, never an exception, unless ``strict``: then writes
-    are synchronous and any tracking error is raised into the step.
+    (one budget per outage, shared by every write and read of the step); a busy server is
+    waited for within ``overload_budget_s`` (None: as long as it answers). What cannot be
+    delivered is recorded in :attr:`report` with a warning, never raised from a background
+    write, unless ``strict``: then writes are synchronous and any tracking error is raised.
     """
 
     def __init__(
@@ -113,12 +129,12 @@ class RunWriter:
         outage_budget_s: float,
         on_param_conflict: Literal["tag", "fail"],
         strict: bool,
+        overload_budget_s: float | None = None,
     ) -> None:
         self._client = client
         self.run_id = run_id
         self._known_params = dict(known_params)
-        self._outage_budget_s = outage_budget_s
-        self._clock = OutageClock(outage_budget_s)
+        self._clock = OutageClock(outage_budget_s, overload_budget_s)
         self._on_param_conflict = on_param_conflict
         self._strict = strict
         self._background = background and not strict
@@ -144,13 +160,16 @@ class RunWriter:
             self._deliver_logged(write, in_caller=True)
 
     def flush(self, timeout_s: float | None = None) -> bool:
-        """Deliver everything queued so far; False if ``timeout_s`` ran out first."""
+        """Deliver everything queued so far; False if ``timeout_s`` ran out first.
+
+        Without ``timeout_s`` this waits as long as the budgets let the writes be retried
+        (with no overload budget, as long as a busy server keeps answering)."""
         self._check_pid()
         if not self._background:
             return True
         done = threading.Event()
         self._queue.put(done)
-        return done.wait(timeout_s if timeout_s is not None else self._outage_budget_s + 60)
+        return done.wait(timeout_s)
 
     def read_run(self) -> Run | None:
         """The run as the server holds it now, read through an outage like a write.
@@ -179,7 +198,8 @@ class RunWriter:
         except Exception as exc:
             if self._strict:
                 raise
-            self.report.last_error = short_error(exc)
+            with self._lock:
+                self.report.last_error = short_error(exc)
             logger.warning("%s: cannot read the run: %s", what, self.report.last_error)
             return None
 
@@ -189,7 +209,7 @@ class RunWriter:
         if not finished:
             with self._lock:
                 waiting = [item for item in list(self._queue.queue) if isinstance(item, Write)]
-                self.report.given_up += sum(item.size() for item in waiting)
+                self.report.give_up([n for item in waiting for n in item.names()], None)
         if self._background and self._pid == os.getpid():
             self._queue.put(None)
         if self.report.delivered_late or self.report.given_up:
@@ -262,12 +282,13 @@ class RunWriter:
         except Exception as exc:
             if in_caller and isinstance(exc, ParamConflictError):
                 raise
-            size = write.size()
+            names = write.names()
             message = str(exc) if isinstance(exc, TrackingError) else short_error(exc)
             with self._lock:
-                self.report.given_up += size
-                self.report.last_error = message
-            logger.warning("MLflow run %s: %d value(s) given up: %s", self.run_id, size, message)
+                self.report.give_up(names, message)
+            logger.warning(
+                "MLflow run %s: %d value(s) given up: %s", self.run_id, len(names), message
+            )
 
     # -- delivery -------------------------------------------------------------------------
     def _deliver(self, write: Write) -> None:
@@ -281,13 +302,12 @@ class RunWriter:
     def _call(self, action: Callable[[], T], what: str) -> tuple[T, bool]:
         """Run ``action`` through an outage on the writer's clock; (result, was it late)."""
         try:
-            return retry_transient(action, self._outage_budget_s, what, self._clock)
+            return retry_transient(action, self._clock, what)
         except Exception as exc:
             if not is_transient(exc):
                 raise
             raise TrackingUnreachableError(
-                f"{what}: tracking server unreachable for {self._outage_budget_s:.0f} s "
-                f"(outage_budget_s): {short_error(exc)}"
+                f"{what}: the tracking server {self._clock.exhausted()}: {short_error(exc)}"
             ) from None
 
     def _send(self, write: Write) -> None:

@@ -124,7 +124,7 @@ def test_past_the_budget_writes_are_given_up_and_the_budget_is_not_waited_twice(
     make_writer, client, proxy, run_id, caplog
 ):
     writer = make_writer(proxy, run_id, background=False, outage_budget_s=2)
-    proxy.fail(503, path_contains="runs/log-batch")
+    proxy.fail(502, path_contains="runs/log-batch")  # a gateway whose server is gone
     writer.submit(Write(params={"a": "1"}, tags={"t": "x"}))  # never raises: non-strict
     assert writer.report.given_up == 2
     proxy.reset_stats()
@@ -136,18 +136,40 @@ def test_past_the_budget_writes_are_given_up_and_the_budget_is_not_waited_twice(
     assert log_batches(proxy) in ((1,) if make_writer.client_kind == "rest" else (3, 4))
     report = writer.close()
     assert report.given_up == 3
-    assert "503" in (report.last_error or "")  # the server's answer, named in the warning
+    assert "502" in (report.last_error or "")  # the server's answer, named in the warning
     assert "3 given up" in caplog.text
+    assert report.undelivered == ["a", "t", "b"]  # by name, for the step's error
     # The server answers again: the next write goes through at once.
     proxy.clear_faults()
     writer.submit(Write(params={"c": "3"}))
     assert client.get_run(run_id).data.params == {"c": "3"}
 
 
+def test_a_busy_server_is_waited_for_past_the_outage_budget(make_writer, client, proxy, run_id):
+    """Overload is not an outage: 503s and slow answers for longer than outage_budget_s do
+    not make a write give up while the server keeps answering."""
+    writer = make_writer(proxy, run_id, background=False, outage_budget_s=1)
+    proxy.fail(503, seconds=4, path_contains="runs/log-batch")
+    writer.submit(Write(params={"a": "1"}, tags={STATUS: "completed"}))
+    assert client.get_run(run_id).data.params == {"a": "1"}
+    assert (writer.report.delivered_late, writer.report.given_up) == (2, 0)
+
+
+def test_overload_budget_bounds_the_wait_for_a_busy_server(make_writer, proxy, run_id):
+    writer = make_writer(proxy, run_id, strict=True, outage_budget_s=30, overload_budget_s=1)
+    proxy.fail(429, path_contains="runs/log-batch")
+    with pytest.raises(
+        TrackingUnreachableError, match=r"stayed busy for 1 s \(overload_budget_s\)"
+    ):
+        writer.submit(Write(params={"a": "1"}))
+
+
 def test_strict_mode_raises_instead_of_giving_up(make_writer, proxy, run_id):
     writer = make_writer(proxy, run_id, strict=True, outage_budget_s=1)
-    proxy.fail(503, path_contains="runs/")
-    with pytest.raises(TrackingUnreachableError, match=r"unreachable for 1 s \(outage_budget_s\)"):
+    proxy.fail(502, path_contains="runs/")
+    with pytest.raises(
+        TrackingUnreachableError, match=r"did not answer for 1 s \(outage_budget_s\)"
+    ):
         writer.submit(Write(params={"a": "1"}))
     with pytest.raises(TrackingUnreachableError):
         writer.read_run()
@@ -155,7 +177,7 @@ def test_strict_mode_raises_instead_of_giving_up(make_writer, proxy, run_id):
 
 def test_a_run_that_cannot_be_read_is_none_with_a_warning(make_writer, proxy, run_id, caplog):
     writer = make_writer(proxy, run_id, outage_budget_s=1)
-    proxy.fail(503, path_contains="runs/get")
+    proxy.fail(502, path_contains="runs/get")
     assert writer.read_run() is None
     assert "cannot read the run" in caplog.text
 
