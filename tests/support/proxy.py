@@ -3,7 +3,10 @@
 Tests and the benchmark put it between the MLflow client and ``mlflow server`` to make the
 server look remote (a fixed delay per request, like a server behind IAP), to count what a
 process sends (requests and bytes, per endpoint), and to inject outages at run time: refused
-or reset connections, 5xx answers, responses cut in the middle, extra latency.
+or reset connections, 5xx answers, responses cut in the middle, extra latency. A hold
+(:meth:`MlflowProxy.hold`) keeps matching requests, or the server's answers to them, until N
+have arrived, then lets them all through together: a race between processes made to happen,
+the same way, on every run.
 
 Standard library only, 127.0.0.1 only. Keep-alive (HTTP/1.1) on both sides, bodies streamed
 in both directions (artifact uploads and downloads), TCP_NODELAY on every socket (without it
@@ -36,6 +39,8 @@ _HOP_BY_HOP = frozenset(
 _UPSTREAM_TIMEOUT_S = 300.0
 
 FaultKind = Literal["status", "cut", "reset", "delay"]
+# Where a hold waits: before forwarding the request, or after the server answered it.
+HoldStage = Literal["request", "answer"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,31 @@ class _Fault:
         if self.expired(now):
             return False
         return self.path_contains is None or self.path_contains in endpoint
+
+
+class Hold:
+    """A barrier for the first ``until`` requests matching ``path_contains``.
+
+    At ``stage`` ``"request"`` each waits before being forwarded, at ``"answer"`` after the
+    server answered it (the work is done, the client not told yet). Each waits until
+    ``until`` have arrived, then all go on together; after ``timeout_s`` from the first
+    arrival they go on anyway and ``timed_out`` says so (a test asserts it did not: the
+    order it forced then really happened). Requests arriving once it opened pass unheld.
+    """
+
+    def __init__(self, path_contains: str, until: int, timeout_s: float, stage: HoldStage) -> None:
+        self.path_contains = path_contains
+        self.until = until
+        self.timeout_s = timeout_s
+        self.stage = stage
+        self.arrived = 0  # requests held so far (all of them, once opened)
+        self.released = 0  # held requests that went on
+        self.timed_out = False
+        self.open = False
+        self.deadline: float | None = None  # time.monotonic(), set by the first arrival
+
+    def matches(self, endpoint: str, stage: HoldStage) -> bool:
+        return not self.open and self.stage == stage and self.path_contains in endpoint
 
 
 class _Counting:
@@ -190,6 +220,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fault and fault.kind == "reset":
             self._reset()
             return
+        proxy._wait_at_hold(endpoint, "request")
         delay = proxy.latency_s + (fault.delay_s if fault and fault.kind == "delay" else 0.0)
         if delay > 0:
             time.sleep(delay)
@@ -205,6 +236,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the request body may be half read
             self._answer_error(502, f"upstream unreachable: {type(exc).__name__}")
             return
+        proxy._wait_at_hold(endpoint, "answer")
         if fault and fault.kind == "cut":
             self._relay_cut(response)
         else:
@@ -362,6 +394,7 @@ class MlflowProxy:
         self.tls = tls  # serve https with this server context
         self._lock = threading.Condition()
         self._faults: list[_Fault] = []
+        self._holds: list[Hold] = []
         self._connections: set[socket.socket] = set()
         self._in_flight = 0
         self._stats = _MutableStats()
@@ -394,6 +427,7 @@ class MlflowProxy:
         if self._up_timer is not None:
             self._up_timer.cancel()
             self._up_timer = None
+        self.release_holds()
         self._close_listener()
         self._drop_connections()
 
@@ -474,6 +508,36 @@ class MlflowProxy:
         with self._lock:
             self._faults.append(_Fault(kind, count, until, path_contains, **details))
 
+    # -- holds ----------------------------------------------------------------------------
+    def hold(
+        self,
+        path_contains: str,
+        until: int,
+        timeout_s: float = 60.0,
+        stage: HoldStage = "request",
+    ) -> Hold:
+        """Hold the next ``until`` requests matching ``path_contains`` until all have arrived.
+
+        Holding every racing process's ``runs/create`` until each has sent one means each
+        searched before any run existed: every process then creates a run. Holding the
+        answers too (``stage="answer"``) means no process hears its run exists before all
+        do. The returned :class:`Hold` counts what it held and released.
+        """
+        if until < 1:
+            raise ValueError(f"until must be at least 1, got {until}")
+        barrier = Hold(path_contains, until, timeout_s, stage)
+        with self._lock:
+            self._holds.append(barrier)
+        return barrier
+
+    def release_holds(self) -> None:
+        """Let every held request go on now (as :meth:`stop` does)."""
+        with self._lock:
+            for barrier in self._holds:
+                barrier.open = True
+            self._holds.clear()
+            self._lock.notify_all()
+
     # -- counters ---------------------------------------------------------------------------
     def stats(self) -> TrafficStats:
         with self._lock:
@@ -503,6 +567,27 @@ class MlflowProxy:
                         fault.remaining -= 1
                     return fault
         return None
+
+    def _wait_at_hold(self, endpoint: str, stage: HoldStage) -> None:
+        """Block this request at the first hold still gathering that it matches, if any."""
+        with self._lock:
+            barrier = next((h for h in self._holds if h.matches(endpoint, stage)), None)
+            if barrier is None:
+                return
+            barrier.arrived += 1
+            if barrier.deadline is None:
+                barrier.deadline = time.monotonic() + barrier.timeout_s
+            if barrier.arrived >= barrier.until:
+                barrier.open = True
+                self._holds.remove(barrier)
+                self._lock.notify_all()
+            remaining = barrier.deadline - time.monotonic()
+            if not self._lock.wait_for(lambda: barrier.open, max(0.0, remaining)):
+                barrier.timed_out = barrier.open = True  # released anyway
+                if barrier in self._holds:
+                    self._holds.remove(barrier)
+            barrier.released += 1
+            self._lock.notify_all()
 
     def _request_done(self, record: RequestRecord) -> None:
         with self._lock:
