@@ -1,8 +1,9 @@
 """Which MLflow run this process logs into, decided and checked once, before the first node.
 
-Order: ``MLFLOW_RUN_ID`` (resume), then the orchestrator's job id ``KEDRO_CONFIG_RUN_ID``
-(find the run tagged with it, or create it, converging when steps race), else local mode
-(a run of this ``kedro run`` alone).
+Order: ``MLFLOW_RUN_ID`` (resume), then the orchestrator's job id (find the run tagged with
+it, or create it, converging when steps race): ``KEDRO_CONFIG_RUN_ID``, else an orchestrator's
+own run id from :data:`ORCHESTRATOR_JOB_VARIABLES`; else local mode (a run of this
+``kedro run`` alone).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -22,6 +24,10 @@ if TYPE_CHECKING:
 ENV_RUN_ID = "MLFLOW_RUN_ID"
 ENV_JOB_ID = "KEDRO_CONFIG_RUN_ID"
 ENV_JOB_NAME = "KEDRO_CONFIG_JOB_NAME"
+# (job id variable, job name variable) that orchestrators set in every task's environment,
+# in the order they are tried after KEDRO_CONFIG_RUN_ID. Airflow 3 exports the task context
+# into the environment of every task it runs, stock kedro-airflow DAGs included.
+ORCHESTRATOR_JOB_VARIABLES = (("AIRFLOW_CTX_DAG_RUN_ID", "AIRFLOW_CTX_DAG_ID"),)
 
 _RUN_ID_PATTERN = re.compile(r"^[a-zA-Z0-9][\w\-]{0,255}$")
 
@@ -40,24 +46,36 @@ class RunSource:
     run_id: str | None = None
     job_id: str | None = None
     job_name: str | None = None
+    job_id_variable: str = ENV_JOB_ID  # where job_id came from, for messages
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> RunSource:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RunSource:
         env = os.environ if environ is None else environ
-        run_id = env.get(ENV_RUN_ID, "").strip() or None
-        job_id = env.get(ENV_JOB_ID, "").strip() or None
-        job_name = env.get(ENV_JOB_NAME, "").strip() or None
+
+        def read(name: str) -> str | None:
+            return env.get(name, "").strip() or None
+
+        run_id, job_id, job_name = read(ENV_RUN_ID), read(ENV_JOB_ID), read(ENV_JOB_NAME)
+        job_id_variable = ENV_JOB_ID
+        if job_id is None:
+            for id_variable, name_variable in ORCHESTRATOR_JOB_VARIABLES:
+                if read(id_variable):
+                    job_id, job_id_variable = read(id_variable), id_variable
+                    job_name = job_name or read(name_variable)
+                    break
         if run_id:
-            return cls("resume", run_id, job_id, job_name)
+            return cls("resume", run_id, job_id, job_name, job_id_variable)
         if job_id:
-            return cls("job", None, job_id, job_name)
+            return cls("job", None, job_id, job_name, job_id_variable)
         return cls("local", None, None, job_name)
 
     def describe(self) -> str:
         if self.mode == "resume":
             return f"{ENV_RUN_ID}={self.run_id} (resume that run)"
         if self.mode == "job":
-            return f"{ENV_JOB_ID}={self.job_id} (the run tagged {TAG_JOB_ID}={self.job_id})"
+            return (
+                f"{self.job_id_variable}={self.job_id} (the run tagged {TAG_JOB_ID}={self.job_id})"
+            )
         return "local mode: a new run for this kedro run"
 
 

@@ -45,3 +45,30 @@ def test_a_run_ended_early_by_someone_else_is_put_back_to_running():
 )
 def test_run_source_order(env, mode):
     assert RunSource.from_env(env).mode == mode
+
+
+AIRFLOW = {
+    "AIRFLOW_CTX_DAG_RUN_ID": "manual__2026-12-02T10:00:00+00:00",
+    "AIRFLOW_CTX_DAG_ID": "dag",
+}
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        # A stock kedro-airflow task: Airflow's DAG run is the job, its DAG the job's name.
+        (AIRFLOW, ("job", AIRFLOW["AIRFLOW_CTX_DAG_RUN_ID"], "dag")),
+        # What the user set wins over what the orchestrator exports.
+        ({**AIRFLOW, "KEDRO_CONFIG_RUN_ID": "mine"}, ("job", "mine", None)),
+        (
+            {**AIRFLOW, "KEDRO_CONFIG_JOB_NAME": "nightly"},
+            ("job", AIRFLOW["AIRFLOW_CTX_DAG_RUN_ID"], "nightly"),
+        ),
+        ({**AIRFLOW, "MLFLOW_RUN_ID": "abc"}, ("resume", AIRFLOW["AIRFLOW_CTX_DAG_RUN_ID"], "dag")),
+    ],
+)
+def test_an_orchestrators_own_run_id_is_the_job_id_when_none_is_given(env, expected):
+    source = RunSource.from_env(env)
+    assert (source.mode, source.job_id, source.job_name) == expected
+    if source.mode == "job" and "KEDRO_CONFIG_RUN_ID" not in env:
+        assert source.describe().startswith("AIRFLOW_CTX_DAG_RUN_ID=manual__")
