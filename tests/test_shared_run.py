@@ -18,11 +18,13 @@ from kedro_vertex_hooks.naming import (
     TAG_PARAM_CONFLICT,
     node_key,
 )
+from tests.support.generated_project import generate_project
 from tests.support.project import EXPECTED_PARAMS, SAMPLE_NODES, SAMPLE_STEPS, base_env
 from tests.support.proxy import MlflowProxy
 from tests.support.tracked import assert_finished_with_every_node_completed
 
 GET_RUN = "GET /api/2.0/mlflow/runs/get"
+CREATE_RUN = "POST /api/2.0/mlflow/runs/create"
 
 
 def new_run(client, name: str) -> str:
@@ -96,24 +98,93 @@ def test_a_failing_node_makes_the_run_failed_for_good(client, mlflow_server, pro
     assert run.data.tags[TAG_FAILED_NODE] == "quality_gate"
 
 
-def test_job_id_only_four_steps_started_together_share_one_run(client, mlflow_server, project):
-    env = base_env(MLFLOW_TRACKING_URI=mlflow_server.uri)
-    assert_ok(project.run_nodes(["make_raw_data", "clean_data"], env))  # local run: inputs
-    job_env = {**env, "KEDRO_CONFIG_RUN_ID": "job-together", "KEDRO_CONFIG_JOB_NAME": "together"}
-    steps = [["split_train"], ["split_test"], ["compute_stats"], ["clean_data"]]
-    for result in project.run_together(steps, job_env):
-        assert_ok(result)
+RACING_STEPS = 8
+RACE_NODES = f"""
+from kedro.pipeline import Pipeline, node
 
-    runs = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()],
-        filter_string=f"tags.{TAG_JOB_ID} = 'job-together'",
+
+def measure(seed, settings):
+    return seed * settings["rows"]
+
+
+def gather(*parts):
+    return sum(parts)
+
+
+def create_pipeline():
+    steps = [
+        node(measure, ["params:seed", f"params:step_{{i}}"], f"part_{{i}}", name=f"step_{{i}}")
+        for i in range({RACING_STEPS})
+    ]
+    parts = [f"part_{{i}}" for i in range({RACING_STEPS})]
+    return Pipeline([*steps, node(gather, parts, "total", name="gather")])
+"""
+RACE_PARAMS = "seed: 42\n" + "".join(f"step_{i}:\n  rows: {10 * i}\n" for i in range(RACING_STEPS))
+
+
+def test_job_id_only_steps_forced_to_race_converge_on_one_run(client, mlflow_server, tmp_path):
+    """Eight steps of one job, no MLFLOW_RUN_ID, each creating a run: one run is left.
+
+    The proxy holds every ``runs/create`` until all eight have sent theirs, so each step
+    searched before any run existed and the race happens on every run of this test. It
+    then holds the answers until all eight runs exist: the steps choose after their
+    ``run_search_settle_s``, which assumes racing creates land within it, and a busy test
+    host must not break that assumption by chance. The steps read only parameters (nothing
+    another step writes); a ninth node, not run, keeps the pipeline unfinished.
+    """
+    from mlflow.entities import ViewType
+
+    project = generate_project(
+        tmp_path / "project",
+        RACE_NODES,
+        # A held create must outwait the slowest of eight processes starting on a busy host.
+        hook_options="http_timeout_s=180",
+        conf={"base/parameters.yml": RACE_PARAMS},
     )
-    assert len(runs) == 1
-    tags = runs[0].data.tags
-    for (name,) in steps:
-        assert tags[node_key(TAG_NODE_STATUS, name)] == "completed"
-    assert tags[TAG_JOB_NAME] == "together"
-    assert runs[0].info.status == "RUNNING"  # the rest of the pipeline has not run
+    steps = [[f"step_{i}"] for i in range(RACING_STEPS)]
+    job_id = "job-race"
+    with MlflowProxy(mlflow_server.uri) as proxy:
+        creates = proxy.hold(CREATE_RUN, until=RACING_STEPS, timeout_s=150)
+        answers = proxy.hold(CREATE_RUN, until=RACING_STEPS, timeout_s=60, stage="answer")
+        env = base_env(
+            MLFLOW_TRACKING_URI=proxy.uri,
+            KEDRO_CONFIG_RUN_ID=job_id,
+            KEDRO_CONFIG_JOB_NAME="race",
+        )
+        results = project.run_together(steps, env)
+        created = proxy.stats().by_endpoint.get(CREATE_RUN, 0)
+    for result in results:
+        assert_ok(result)
+    # The race was forced: every step's create was held until all eight had sent one.
+    assert (creates.released, creates.timed_out) == (RACING_STEPS, False)
+    assert (answers.released, answers.timed_out) == (RACING_STEPS, False)
+    assert created == RACING_STEPS
+
+    experiment_ids = [e.experiment_id for e in client.search_experiments(ViewType.ALL)]
+    runs = client.search_runs(
+        experiment_ids,
+        filter_string=f"tags.{TAG_JOB_ID} = '{job_id}'",
+        run_view_type=ViewType.ALL,
+    )
+    assert len(runs) == RACING_STEPS  # one run per step was created
+    active = [run for run in runs if run.info.lifecycle_stage == "active"]
+    losers = [run for run in runs if run.info.lifecycle_stage != "active"]
+    assert len(active) == 1
+    assert [run.info.lifecycle_stage for run in losers] == ["deleted"] * (RACING_STEPS - 1)
+    # No step logged into a run that was then deleted: losers hold no node's data.
+    for run in losers:
+        assert not [key for key in run.data.tags if key.startswith(TAG_NODE_STATUS)]
+        assert not run.data.params
+
+    winner = active[0]
+    assert winner.info.status == "RUNNING"  # gather has not run
+    assert winner.data.tags[TAG_JOB_NAME] == "race"
+    assert winner.data.params["seed"] == "42"
+    for i in range(RACING_STEPS):
+        name = f"step_{i}"
+        assert winner.data.tags[node_key(TAG_NODE_STATUS, name)] == "completed", name
+        assert winner.data.params[f"step_{i}.rows"] == str(10 * i), name
+        assert winner.data.metrics[node_key(METRIC_NODE_DURATION, name)] >= 0, name
 
 
 @pytest.mark.parametrize("kind", ["missing", "deleted", "malformed"])
