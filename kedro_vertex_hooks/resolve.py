@@ -208,11 +208,16 @@ _SETTLE_MARGIN_S = 0.5  # the creator's own search, after its settle_s, takes a 
 
 
 def _settling_s(run: Run, settle_s: float) -> float:
-    """How long until ``run``'s creator has made its choice (0 when it has)."""
+    """How long until ``run``'s creator has made its choice (0 when it has).
+
+    ``start_time`` is the creator's clock, maybe another machine's: a start in the future
+    (a clock ahead) means at most one whole settle, never the clocks' difference.
+    """
     if run.info.start_time is None or settle_s <= 0:
         return 0.0
+    full_wait_s = settle_s + _SETTLE_MARGIN_S
     age_s = time.time() - run.info.start_time / 1000
-    return max(0.0, settle_s + _SETTLE_MARGIN_S - age_s)
+    return min(full_wait_s, max(0.0, full_wait_s - age_s))
 
 
 def resolve_run(

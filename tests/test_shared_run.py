@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -18,7 +19,7 @@ from kedro_vertex_hooks.naming import (
     TAG_PARAM_CONFLICT,
     node_key,
 )
-from tests.support.generated_project import generate_project
+from tests.support.generated_project import PACKAGE, generate_project
 from tests.support.project import EXPECTED_PARAMS, SAMPLE_NODES, SAMPLE_STEPS, base_env
 from tests.support.proxy import MlflowProxy
 from tests.support.tracked import assert_finished_with_every_node_completed
@@ -185,6 +186,34 @@ def test_job_id_only_steps_forced_to_race_converge_on_one_run(client, mlflow_ser
         assert winner.data.tags[node_key(TAG_NODE_STATUS, name)] == "completed", name
         assert winner.data.params[f"step_{i}.rows"] == str(10 * i), name
         assert winner.data.metrics[node_key(METRIC_NODE_DURATION, name)] >= 0, name
+
+
+def test_a_step_finding_a_run_stamped_in_the_future_waits_no_longer_than_the_settle(
+    client, mlflow_server, tmp_path
+):
+    """Steps run on different machines: the one that created the job's run may have a clock
+    an hour ahead. A step finding that run waits for it to settle, not for the hour."""
+    project = generate_project(
+        tmp_path / "project", RACE_NODES, conf={"base/parameters.yml": RACE_PARAMS}
+    )
+    experiment = client.get_experiment_by_name(PACKAGE)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(PACKAGE)
+    job_id = "job-clock-ahead"
+    an_hour_ahead_ms = int((time.time() + 3600) * 1000)
+    run_id = client.create_run(
+        experiment_id, start_time=an_hour_ahead_ms, tags={TAG_JOB_ID: job_id}
+    ).info.run_id
+    env = base_env(MLFLOW_TRACKING_URI=mlflow_server.uri, KEDRO_CONFIG_RUN_ID=job_id)
+
+    assert_ok(project.run_nodes(["step_0"], env))  # within project.run's timeout, not an hour
+
+    run = client.get_run(run_id)
+    assert run.data.tags[node_key(TAG_NODE_STATUS, "step_0")] == "completed"
+    assert run.data.params["step_0.rows"] == "0"
+    assert [
+        r.info.run_id
+        for r in client.search_runs([experiment_id], f"tags.{TAG_JOB_ID} = '{job_id}'")
+    ] == [run_id]
 
 
 @pytest.mark.parametrize("kind", ["missing", "deleted", "malformed"])
