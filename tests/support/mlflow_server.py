@@ -1,4 +1,5 @@
-"""A real MLflow tracking server on 127.0.0.1 with a sqlite store, in its own process group."""
+"""A real MLflow tracking server on 127.0.0.1, in its own process group: a sqlite store in its
+workdir, or the backend store it is given (PostgreSQL, see tests/support/postgres.py)."""
 
 from __future__ import annotations
 
@@ -24,18 +25,24 @@ class MlflowServer:
     """``mlflow server --workers 1`` on a free loopback port; ``stop()`` kills its group."""
 
     def __init__(
-        self, workdir: Path, port: int | None = None, python: str | Path | None = None
+        self,
+        workdir: Path,
+        port: int | None = None,
+        python: str | Path | None = None,
+        backend_store_uri: str | None = None,
     ) -> None:
         self.python = str(python or sys.executable)  # another venv's MLflow, if given
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
-        self.db_uri = f"sqlite:///{(self.workdir / 'mlflow.db').as_posix()}"
+        sqlite = f"sqlite:///{(self.workdir / 'mlflow.db').as_posix()}"
+        self.db_uri = backend_store_uri or sqlite
         self.artifacts = self.workdir / "artifacts"
         self._process: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 90) -> MlflowServer:
+        """Start and wait for /health; a new PostgreSQL store needs ~25 s for its schema."""
         log = open(self.workdir / "server.log", "ab")  # noqa: SIM115 (lives with the process)
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
         self._process = subprocess.Popen(
