@@ -8,8 +8,6 @@ is in the default suite; ``-m soak`` adds a longer one (server away past most of
 
 from __future__ import annotations
 
-import json
-import re
 import subprocess
 import threading
 import time
@@ -24,11 +22,16 @@ from kedro_vertex_hooks.naming import (
     NODE_COMPLETED,
     TAG_LATEST_NODE,
     TAG_NODE_STATUS,
-    TAG_PARAM_CONFLICT,
     node_key,
 )
 from tests.support.generated_project import generate_project, write_logging_config
 from tests.support.mlflow_server import MlflowServer
+from tests.support.parallel_steps import (
+    assert_every_step_succeeded,
+    assert_run_holds_every_step,
+    parallel_steps_project,
+    run_all_at_once,
+)
 from tests.support.project import SAMPLE_NODES, SAMPLE_STEPS, Project, base_env
 from tests.support.proxy import MlflowProxy
 
@@ -307,70 +310,18 @@ def output_of(result: subprocess.CompletedProcess[str]) -> tuple[int, str]:
     return result.returncode, result.stdout + result.stderr
 
 
-STEPS = 16
-VALUES_PER_STEP = 50
-SIXTEEN_NODES = """
-from kedro.pipeline import Pipeline, node
-
-
-def log_step(params):
-    return {f"m{key}": value + 0.5 for key, value in params.items()}
-
-
-def create_pipeline():
-    return Pipeline(
-        [
-            node(log_step, f"params:step_{s:02d}", f"metrics_{s:02d}", name=f"step_{s:02d}")
-            for s in range(16)
-        ]
-    )
-"""
-SIXTEEN_OPTIONS = """
-    metric_datasets=tuple(f"metrics_{s:02d}" for s in range(16)),
-    env_tags={
-        f"STEP_{s:02d}_TAG_{i:02d}": f"step_{s:02d}.tag_{i:02d}"
-        for s in range(16)
-        for i in range(50)
-    },
-"""
+SIXTEEN = 16
 
 
 @pytest.mark.timeout(600)
 def test_16_steps_started_together_lose_nothing(client, tmp_path, mlflow_server, logging_config):
-    parameters = {
-        f"step_{s:02d}": {f"p{i:02d}": s * 1000 + i for i in range(VALUES_PER_STEP)}
-        for s in range(STEPS)
-    }
-    project = generate_project(
-        tmp_path / "sixteen",
-        SIXTEEN_NODES,
-        hook_options=SIXTEEN_OPTIONS,
-        conf={"base/parameters.yml": json.dumps(parameters)},  # JSON is YAML
-    )
+    project = parallel_steps_project(tmp_path / "sixteen", SIXTEEN, metrics_and_tags=True)
     run_id = new_run(client, "sixteen")
     with MlflowProxy(mlflow_server.uri) as proxy:  # 25 ms per request, like a remote server
         env = step_env(logging_config, MLFLOW_TRACKING_URI=proxy.uri, MLFLOW_RUN_ID=run_id)
-        processes = []
-        for s in range(STEPS):
-            tags = {f"STEP_{s:02d}_TAG_{i:02d}": f"value-{s}-{i}" for i in range(VALUES_PER_STEP)}
-            processes.append(project.start(["run", "--nodes", f"step_{s:02d}"], {**env, **tags}))
-        results = [finish(process) for process in processes]
-    for result in results:
-        assert_ok(result)
-        assert "already logged" not in result[1]
-        # A busy server may answer late (delivered late is fine); nothing may be given up.
-        assert not re.search(r"[1-9][0-9]* given up", result[1]), result[1][-4000:]
-
-    run = client.get_run(run_id)
-    assert run.info.status == "FINISHED"
-    data = run.data
-    for s in range(STEPS):
-        node = f"step_{s:02d}"
-        assert data.tags[node_key(TAG_NODE_STATUS, node)] == NODE_COMPLETED, node
-        for i in range(VALUES_PER_STEP):
-            assert data.params[f"{node}.p{i:02d}"] == str(s * 1000 + i)
-            assert data.metrics[f"metrics_{s:02d}.mp{i:02d}"] == s * 1000 + i + 0.5
-            assert data.tags[f"{node}.tag_{i:02d}"] == f"value-{s}-{i}"
-    assert len(data.params) == STEPS * VALUES_PER_STEP
-    assert not [key for key in data.tags if key.startswith(TAG_PARAM_CONFLICT)]
-    assert len(client.search_runs([run.info.experiment_id])) == 1
+        results = run_all_at_once(project, SIXTEEN, env, tags=True, timeout_s=240)
+    # A busy server may answer late (delivered late is fine); nothing may be given up.
+    assert_every_step_succeeded(results, late_is_ok=True)
+    assert_run_holds_every_step(client, run_id, results, metrics_and_tags=True)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    assert len(client.search_runs([experiment_id])) == 1
