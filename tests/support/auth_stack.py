@@ -42,6 +42,9 @@ class AuthStack:
         """Fresh counters and settings between tests sharing the stack."""
         self.proxy.reset()
         self.google.counts.clear()
+        self.google.issued_tokens.clear()
+        self.google.clock_offset_s = 0.0
+        self.google.omit_claims.clear()
         self.google.failures.clear()
         self.google.fail_next(0)
         self.google.delay_s = 0.0

@@ -9,7 +9,11 @@ One HTTP server plays three Google services, enough for google-auth to run its r
 
 ID tokens live ``token_lifetime_s`` seconds (changeable at any time). ``fail_next`` makes the
 next token requests fail, ``delay_s`` slows them down, and ``counts`` says how many ID tokens
-each endpoint issued, so tests can see caching, refresh and stampedes from the outside.
+each endpoint issued, so tests can see caching, refresh and stampedes from the outside;
+``issued_tokens`` holds them in order with the time each was served, so a test can read the
+``iat``/``exp`` a client was given and see when it asked. ``clock_offset_s`` puts the
+fake's clock ahead of ours (or behind it, negative), as a skewed clock would, and
+``omit_claims`` leaves claims (e.g. ``exp``) out of new ID tokens.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
@@ -73,6 +78,16 @@ def verify_jwt(public_key: rsa.RSAPublicKey, token: str) -> dict:
     return claims
 
 
+@dataclass(frozen=True)
+class IssuedToken:
+    """An ID token an endpoint served, and when its request arrived (our clock): the client
+    asked no later than ``at``."""
+
+    endpoint: str
+    value: str
+    at: float
+
+
 def _new_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
@@ -91,6 +106,9 @@ class FakeGoogle:
         self.public_key = self.signing_key.public_key()
         self.delay_s = 0.0
         self.counts: Counter[str] = Counter()  # ID tokens issued per endpoint
+        self.issued_tokens: list[IssuedToken] = []  # served to clients, oldest first
+        self.clock_offset_s = 0.0  # the fake Google clock minus ours: moves iat and exp
+        self.omit_claims: set[str] = set()  # claims left out of the ID tokens it mints
         self.failures: Counter[str] = Counter()  # token requests answered with an error
         self._fail_next = 0
         self._fail_status = 403
@@ -168,7 +186,7 @@ class FakeGoogle:
     def mint_id_token(
         self, audience: str, email: str | None, lifetime_s: float | None = None
     ) -> str:
-        now = int(time.time())
+        now = int(time.time() + self.clock_offset_s)
         claims = {
             "iss": ISSUER,
             "aud": audience,
@@ -181,7 +199,15 @@ class FakeGoogle:
         if email:
             claims["email"] = email
             claims["email_verified"] = True
+        for name in self.omit_claims:
+            claims.pop(name, None)
         return sign_jwt(self.signing_key, self.kid, claims)
+
+    def _served(self, kind: str, token: str, at: float) -> None:
+        """Count an ID token an endpoint of ``kind`` answered with, and keep it."""
+        with self._lock:
+            self.counts[kind] += 1
+            self.issued_tokens.append(IssuedToken(kind, token, at))
 
     def _issue_access_token(self, account: str) -> str:
         token = "ya29.fake-" + secrets.token_urlsafe(24)
@@ -200,6 +226,7 @@ class FakeGoogle:
 class _Handler(BaseHTTPRequestHandler):
     google: FakeGoogle
     protocol_version = "HTTP/1.1"
+    received_at = 0.0  # when the request being handled arrived
 
     def log_message(self, format: str, *args: object) -> None:  # keep test output clean
         pass
@@ -240,6 +267,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- metadata server -------------------------------------------------------------------
     def do_GET(self) -> None:
+        self.received_at = time.time()
         url = urlparse(self.path)
         query = {key: values[0] for key, values in parse_qs(url.query).items()}
         if url.path == "/":
@@ -280,11 +308,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         email = self.google.service_account if query.get("format") == "full" else None
         token = self.google.mint_id_token(query["audience"], email)
-        self.google.counts["identity"] += 1
+        self.google._served("identity", token, self.received_at)
         self._send(200, token, "application/text")
 
     # -- OAuth token endpoint and IAM Credentials ---------------------------------------------
     def do_POST(self) -> None:
+        self.received_at = time.time()
         url = urlparse(self.path)
         body = self._body()
         if url.path == "/token":
@@ -314,7 +343,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not self._token_request_gate("token"):
                 return
             token = self.google.mint_id_token(claims["target_audience"], account)
-            self.google.counts["token"] += 1
+            self.google._served("token", token, self.received_at)
             self._json(200, {"id_token": token})
         else:
             access = self.google._issue_access_token(account)
@@ -337,5 +366,5 @@ class _Handler(BaseHTTPRequestHandler):
             return
         email = account if request.get("includeEmail") else None
         token = self.google.mint_id_token(request["audience"], email)
-        self.google.counts["iam"] += 1
+        self.google._served("iam", token, self.received_at)
         self._json(200, {"token": token})
