@@ -7,7 +7,9 @@
 #   .venv-vertexai  a kedro-vertexai project's image: kedro-vertexai[mlflow]==1.0.0 (MLflow 2,
 #                   kedro-mlflow 1.x) plus this package, resolved by pip as a user's would be;
 #   .venv-mlflow-2.14 / .venv-mlflow-3.0
-#                   the oldest MLflow client of each supported line (mlflow-skinny).
+#                   the oldest MLflow client of each supported line (mlflow-skinny);
+#   .venv-airflow   an Airflow 3 deployment's image: apache-airflow 3.3.2, kedro-airflow 0.11.0,
+#                   this package on the client-only MLflow, sample_project (~370 MB, ~2 min).
 # The tests use all of them; `bootstrap.sh --main` makes only .venv (all the main job needs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,3 +39,5 @@ make_venv .venv-vertexai "kedro-vertexai[mlflow]==1.0.0" "kedro-datasets>=4" "sq
     -e . -e ./sample_project
 make_venv .venv-mlflow-2.14 "mlflow-skinny==2.14.3" -e . -e ./sample_project
 make_venv .venv-mlflow-3.0 "mlflow-skinny==3.0.1" -e . -e ./sample_project
+make_venv .venv-airflow "apache-airflow==3.3.2" "kedro-airflow==0.11.0" -e ".[mlflow-skinny]" \
+    -e ./sample_project
