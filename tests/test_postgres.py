@@ -17,12 +17,13 @@ import pytest
 from tests.support.generated_project import write_logging_config
 from tests.support.mlflow_server import MlflowServer
 from tests.support.parallel_steps import (
+    NiceProject,
     assert_every_step_succeeded,
     assert_run_holds_every_step,
     parallel_steps_project,
     run_all_at_once,
 )
-from tests.support.project import SKINNY_PYTHON, Project, base_env
+from tests.support.project import SKINNY_PYTHON, base_env
 from tests.support.proxy import MlflowProxy
 
 STEPS = 64
@@ -45,7 +46,7 @@ def test_64_steps_started_together_on_postgres_lose_nothing(
     assert SKINNY_PYTHON.exists(), "run scripts/bootstrap.sh to create .venv-skinny"
     client = MlflowClient(tracking_uri=postgres_mlflow_server.uri)
     generated = parallel_steps_project(tmp_path / "sixty-four", STEPS, metrics_and_tags=False)
-    project = Project(generated.root, python=SKINNY_PYTHON)
+    project = NiceProject(generated.root, python=SKINNY_PYTHON)
     runs_before = all_run_ids(client)
     run_id = client.create_run(client.create_experiment("sixty-four")).info.run_id
     logging_config = write_logging_config(tmp_path / "logging.yml")
