@@ -2,12 +2,14 @@
 MLflow server away (refused connections, 503s, slowness) or in front of a server that
 restarts. Nodes must complete, and the run must end up holding everything they logged.
 
-The outage test the issue asks for (server away ~30 s in the middle of a per-node pipeline)
-is in the default suite; ``-m soak`` adds a longer one (server away past most of the budget).
+The default suite takes the server away for 60 s (the default outage budget) in the middle
+of a per-node pipeline; a busy server (503s, slow answers) is waited for past that budget; a
+step whose writes are given up exits non-zero, naming them.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 import time
@@ -34,6 +36,7 @@ from tests.support.parallel_steps import (
 )
 from tests.support.project import SAMPLE_NODES, SAMPLE_STEPS, Project, base_env
 from tests.support.proxy import MlflowProxy
+from tests.support.tracked import every_run_id
 
 GATE_SLEEP_S = 4
 EXPECTED_PARAMS = {
@@ -118,53 +121,44 @@ def assert_run_holds_everything(client, run_id: str) -> None:
     assert run.data.tags[TAG_LATEST_NODE] == "publish"
 
 
-def gate_through_an_outage(
-    client,
-    project: Project,
-    env: dict[str, str],
-    run_id: str,
-    take_server_away: Callable[[], None],
-) -> tuple[tuple[int, str], tuple[int, str]]:
-    """Run the pipeline up to quality_gate, one process per node; take the server away while
-    the gate computes and start a retried step (compute_stats) while it is away; then run the
-    last node."""
+OUTAGE_S = 60  # the default outage_budget_s: the longest outage a step waits out
+RETRY_PARAM = "split.retry_marker"  # a value only the retried step logs
+
+
+def outage_lengths(output: str) -> list[float]:
+    """The outages a step reports having waited out, in seconds."""
+    return [float(s) for s in re.findall(r"answering again after (\d+\.\d) s", output)]
+
+
+@pytest.mark.timeout(600)  # a dozen kedro processes and a minute away: slow on a busy machine
+def test_a_per_node_pipeline_completes_with_the_server_away_for_the_whole_budget(
+    client, proxy, project, logging_config
+):
+    """Away for 60 s while quality_gate computes; a retried step (split_test, with a value
+    no earlier step logged) starts while it is away. Everything either wrote must land."""
+    run_id = new_run(client, "outage")
+    env = step_env(logging_config, MLFLOW_TRACKING_URI=proxy.uri, MLFLOW_RUN_ID=run_id)
     run_steps(project, BEFORE_GATE, env)
     gate = project.start(
         ["run", "--nodes", "quality_gate", "--params", f"failure.sleep_s={GATE_SLEEP_S}"], env
     )
     wait_for(lambda: node_status(client, run_id, "quality_gate") == "running")
-    take_server_away()
-    retried = project.start(["run", "--nodes", "compute_stats"], env)
-    results = finish(gate), finish(retried)
+    proxy.down(seconds=OUTAGE_S)
+    retried = project.start(["run", "--nodes", "split_test", "--params", f"{RETRY_PARAM}=7"], env)
+    gate_result, retried_result = finish(gate), finish(retried)
     assert client.get_run(run_id).info.status == "RUNNING"
     assert_ok(output_of(project.run_nodes(["publish"], env)))
-    return results
 
-
-@pytest.mark.timeout(600)  # a dozen kedro processes: slow when the machine is busy
-@pytest.mark.parametrize(
-    "outage_s", [30, pytest.param(55, marks=pytest.mark.soak, id="55 (soak)")], ids=str
-)
-def test_a_per_node_pipeline_completes_with_the_server_away(
-    client, proxy, project, outage_s, logging_config
-):
-    run_id = new_run(client, f"outage-{outage_s}s")
-    env = step_env(logging_config, MLFLOW_TRACKING_URI=proxy.uri, MLFLOW_RUN_ID=run_id)
-
-    started = time.monotonic()
-    gate, retried = gate_through_an_outage(
-        client, project, env, run_id, lambda: proxy.down(seconds=outage_s)
-    )
-    assert time.monotonic() - started >= outage_s  # the outage really happened mid-pipeline
-
-    for result in (gate, retried):
+    for result in (gate_result, retried_result):
         assert_ok(result)
-    # The gate's writes waited in its queue and were delivered when the server came back.
-    assert "tracking server not answering" in gate[1]
-    assert "late after a tracking outage, 0 given up" in gate[1]
-    # The retried step waited at start-up until its run could be read, then ran.
-    assert "tracking server not answering" in retried[1]
+        assert "tracking server not answering" in result[1]
+    # Both waited through most of the minute (the gate from its node's end, the retried
+    # step from its start-up, each a few seconds into the outage), and then delivered.
+    assert max(outage_lengths(gate_result[1])) > OUTAGE_S - 15, gate_result[1][-3000:]
+    assert max(outage_lengths(retried_result[1])) > OUTAGE_S - 20, retried_result[1][-3000:]
+    assert "late after a tracking outage, 0 given up" in gate_result[1]
     assert_run_holds_everything(client, run_id)
+    assert client.get_run(run_id).data.params[RETRY_PARAM] == "7"
 
 
 RESTART_NODES = """
@@ -230,16 +224,20 @@ def test_a_real_server_restart_mid_node_loses_nothing(tmp_path: Path, logging_co
         server.stop()
 
 
-def test_503_answers_and_slow_answers_are_retried_until_delivered(
-    client, proxy, project, logging_config
-):
-    with_hook_options(project, http_timeout_s=2)
+def test_a_busy_server_is_waited_for_past_the_outage_budget(client, proxy, project, logging_config):
+    """Overload is not an outage: 503s for three times the outage budget, then answers
+    slower than http_timeout_s, and nothing is given up."""
+    with_hook_options(project, http_timeout_s=2, outage_budget_s=2)
     run_id = new_run(client, "503s")
     env = step_env(logging_config, MLFLOW_TRACKING_URI=proxy.uri, MLFLOW_RUN_ID=run_id)
-    # MLflow retries each call twice itself: 8 answers of 503 outlast three of its calls.
     proxy.fail(503, count=8, path_contains="runs/get")
-    proxy.fail(503, count=8, path_contains="runs/log-batch")
-    assert_ok(output_of(project.run_nodes(["make_raw_data"], env)))
+    # Four refusals of the first write: retried after 0.5, 1, 2 and 4 s, past the budget.
+    proxy.fail(503, count=4, path_contains="runs/log-batch")
+    result = output_of(project.run_nodes(["make_raw_data"], env))
+    assert_ok(result)
+    assert "tracking server busy" in result[1]
+    assert max(outage_lengths(result[1])) > 2 * 2  # twice outage_budget_s, and delivered
+    assert "0 given up" in result[1]
     # Answers slower than http_timeout_s, more often than MLflow's own two retries absorb.
     # (Reads: a write that timed out may still land later, see readme_reliability.md.)
     proxy.slow(5, count=3, path_contains="runs/get")
@@ -255,34 +253,47 @@ def test_503_answers_and_slow_answers_are_retried_until_delivered(
         assert run.data.tags[node_key(TAG_NODE_STATUS, name)] == NODE_COMPLETED
     proxy.wait_idle(timeout_s=10)  # the last slowed request is answered after the client left
     faults = [r.fault for r in proxy.stats().records if r.fault]
-    assert faults.count("status") == 16
+    assert faults.count("status") == 8 + 4
     assert faults.count("delay") == 3
 
 
-def test_writes_past_the_budget_are_given_up_without_failing_the_node(
-    client, proxy, project, logging_config
+@pytest.mark.parametrize("on_undelivered", ["fail", "warn"])
+def test_a_step_whose_writes_are_given_up_says_so(
+    client, proxy, project, logging_config, on_undelivered
 ):
-    with_hook_options(project, outage_budget_s=3)
-    run_id = new_run(client, "given-up")
+    """Past the outage budget a step's writes are given up; by default the step then fails,
+    naming them, so that the orchestrator retries it instead of trusting a run missing
+    them. With on_undelivered='warn' it succeeds with a warning."""
+    with_hook_options(project, outage_budget_s=3, on_undelivered=on_undelivered)
+    run_id = new_run(client, f"given-up-{on_undelivered}")
     env = step_env(logging_config, MLFLOW_TRACKING_URI=proxy.uri, MLFLOW_RUN_ID=run_id)
-    proxy.fail(503, path_contains="runs/log-batch")  # every write, for the whole step
+    proxy.fail(502, path_contains="runs/log-batch")  # a gateway whose server is gone
     code, output = output_of(project.run_nodes(["make_raw_data"], env))
-    assert code == 0, output[-4000:]
-    assert (project.root / "data" / "raw_data.json").exists()
-    assert "given up" in output
-    assert "0 given up" not in output
-    assert node_status(client, run_id, "make_raw_data") is None  # really lost, and said so
+    assert (project.root / "data" / "raw_data.json").exists()  # the node's work is kept
+    assert node_status(client, run_id, "make_raw_data") is None  # really lost
+    assert re.search(r"[1-9]\d* given up", output)
+    if on_undelivered == "warn":
+        assert code == 0, output[-4000:]
+        return
+    assert code != 0
+    assert "Traceback" not in output  # one line: Error: ...
+    error = next(line for line in output.splitlines() if line.startswith("Error: "))
+    assert f"MLflow run {run_id}: " in error
+    assert "could not be delivered" in error
+    assert node_key(TAG_NODE_STATUS, "make_raw_data") in error
+    assert "data.seed" in error
+    assert "on_undelivered='warn'" in error
 
 
 def test_strict_mode_fails_the_step_on_a_tracking_outage(client, proxy, project, logging_config):
     with_hook_options(project, strict=True, outage_budget_s=2)
     run_id = new_run(client, "strict")
     env = step_env(logging_config, MLFLOW_TRACKING_URI=proxy.uri, MLFLOW_RUN_ID=run_id)
-    proxy.fail(503, path_contains="runs/log-batch")
+    proxy.fail(502, path_contains="runs/log-batch")
     code, output = output_of(project.run_nodes(["make_raw_data"], env))
     assert code != 0
     assert "Traceback" not in output  # one line: Error: ...
-    assert "tracking server unreachable for 2 s (outage_budget_s)" in output
+    assert "did not answer for 2 s (outage_budget_s)" in output
 
 
 @pytest.mark.parametrize("untracked", [False, True], ids=["fail", "run_untracked"])
@@ -292,7 +303,7 @@ def test_an_unreachable_server_at_start_up(client, proxy, project, untracked, lo
     env = step_env(logging_config, MLFLOW_TRACKING_URI=proxy.uri, MLFLOW_RUN_ID=run_id)
     proxy.down()
     code, output = output_of(project.run_nodes(["make_raw_data"], env))
-    assert f"the tracking server at {proxy.uri} did not answer within 2 s" in output
+    assert f"the tracking server at {proxy.uri} did not answer for 2 s" in output
     assert "Connection refused" in output  # the cause
     produced = (project.root / "data" / "raw_data.json").exists()
     if untracked:
@@ -311,17 +322,43 @@ def output_of(result: subprocess.CompletedProcess[str]) -> tuple[int, str]:
 
 
 SIXTEEN = 16
+BUSY_LOG_BATCH = "POST /api/2.0/mlflow/runs/log-batch"
+SLOW_ANSWERS = BUSY_ANSWERS = 24
 
 
-@pytest.mark.timeout(600)
-def test_16_steps_started_together_lose_nothing(client, tmp_path, mlflow_server, logging_config):
+def make_the_server_busy(proxy: MlflowProxy, stop: threading.Event) -> None:
+    """Once the steps write, answer the next requests 4 s late, then the ones after with a
+    burst of 503s: a one-worker server under a wide fan-out. Counted, not timed, so the
+    faults hit the steps however slowly the machine runs them."""
+    while not stop.is_set() and not proxy.stats().by_endpoint.get(BUSY_LOG_BATCH):
+        stop.wait(0.1)
+    proxy.slow(4, count=SLOW_ANSWERS)
+    proxy.fail(503, count=BUSY_ANSWERS)
+
+
+@pytest.mark.timeout(900)
+def test_16_steps_on_a_slow_and_busy_server_lose_nothing(
+    client, tmp_path, mlflow_server, logging_config
+):
+    """Overload is not an outage: 16 steps started together (50 params, metrics and tags
+    each) while the server answers 4 s late and then in bursts of 503s. Every step exits 0
+    with everything it logged in the run, and no other run appears anywhere."""
     project = parallel_steps_project(tmp_path / "sixteen", SIXTEEN, metrics_and_tags=True)
+    runs_before = every_run_id(client)
     run_id = new_run(client, "sixteen")
+    stop = threading.Event()
     with MlflowProxy(mlflow_server.uri) as proxy:  # 25 ms per request, like a remote server
+        busy = threading.Thread(target=make_the_server_busy, args=(proxy, stop), daemon=True)
+        busy.start()
         env = step_env(logging_config, MLFLOW_TRACKING_URI=proxy.uri, MLFLOW_RUN_ID=run_id)
-        results = run_all_at_once(project, SIXTEEN, env, tags=True, timeout_s=240)
-    # A busy server may answer late (delivered late is fine); nothing may be given up.
+        try:
+            results = run_all_at_once(project, SIXTEEN, env, tags=True, timeout_s=600)
+        finally:
+            stop.set()
+            busy.join()
+        faults = [record.fault for record in proxy.stats().records]
+    assert (faults.count("delay"), faults.count("status")) == (SLOW_ANSWERS, BUSY_ANSWERS)
+    assert any("tracking server busy" in result.output for result in results)
     assert_every_step_succeeded(results, late_is_ok=True)
     assert_run_holds_every_step(client, run_id, results, metrics_and_tags=True)
-    experiment_id = client.get_run(run_id).info.experiment_id
-    assert len(client.search_runs([experiment_id])) == 1
+    assert every_run_id(client) == runs_before | {run_id}
