@@ -44,7 +44,13 @@ class MlflowServer:
     def start(self, timeout_s: float = 90) -> MlflowServer:
         """Start and wait for /health; a new PostgreSQL store needs ~25 s for its schema."""
         log = open(self.workdir / "server.log", "ab")  # noqa: SIM115 (lives with the process)
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+        # MLflow 3 also starts background job workers (GenAI scorers, ~235 MB each); tracking
+        # does not use them, and a 2-core machine running a dozen servers feels them.
+        env = {
+            **os.environ,
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        }
         self._process = subprocess.Popen(
             [
                 self.python,
