@@ -40,7 +40,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_CONFLICT_MESSAGE = "Changing param values is not allowed"
+# What the server answers when another container logged one of a batch's param keys since
+# this one read the run: with another value, or with the same one at the same moment (the
+# SQL store does not retry that duplicate-key race for params; sqlite, then PostgreSQL words).
+_PARAM_RACE_SIGNS = (
+    "Changing param values is not allowed",
+    "UNIQUE constraint failed: params.",
+    "duplicate key value violates unique constraint",
+)
 T = TypeVar("T")
 LINGER_S = 0.02  # how long the background thread waits for more writes before sending
 
@@ -310,7 +317,7 @@ class RunWriter:
                 f"{what}: the tracking server {self._clock.exhausted()}: {short_error(exc)}"
             ) from None
 
-    def _send(self, write: Write) -> None:
+    def _send(self, write: Write, *, refreshed: bool = False) -> None:
         params = self._new_params(write)
         try:
             self._client.log_values(
@@ -321,12 +328,13 @@ class RunWriter:
                 timestamp_ms=int(time.time() * 1000),
             )
         except Exception as exc:
-            if _CONFLICT_MESSAGE not in str(exc):
+            if refreshed or not params or not any(s in str(exc) for s in _PARAM_RACE_SIGNS):
                 raise
-            # Another container logged one of these keys since we read the run: refresh once.
+            # Another container logged one of these keys since we read the run: refresh once;
+            # equal values are then not sent again, other values become conflicts.
             self._known_params.update(self._client.get_run(self.run_id).data.params)
             self._check_conflicts_locally(write)
-            self._send(write)
+            self._send(write, refreshed=True)
             return
         self._known_params.update(params)
         status_prefix = TAG_NODE_STATUS + "."

@@ -4,6 +4,7 @@ budgets, strict mode, parameter conflicts and late copies of old writes."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -256,3 +257,31 @@ def test_a_thousand_params_and_metrics_arrive_in_ten_requests(make_writer, clien
     data = client.get_run(run_id).data
     assert data.params == params
     assert {k: v for k, v in data.metrics.items() if k.startswith("metric_")} == metrics
+
+
+def test_steps_logging_the_same_new_param_at_once_all_deliver(make_writer, client, proxy, run_id):
+    """Eight containers log the same new param (a shared ``params:split``) at the same
+    moment. The SQL store answers some of them with a duplicate-key error instead of
+    accepting the equal value: the writer re-reads the run and drops the equal value
+    instead of giving the batch up (which would fail the step)."""
+    writers = [make_writer(proxy, run_id, background=False) for _ in range(8)]
+    for round_ in range(6):
+        key = f"split.seed_{round_}"
+        hold = proxy.hold(LOG_BATCH, until=len(writers), timeout_s=60)  # released together
+        threads = [
+            threading.Thread(
+                target=writer.submit,
+                args=(Write(params={key: "42"}, tags={f"step_{i}.round": str(round_)}),),
+            )
+            for i, writer in enumerate(writers)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert hold.released == len(writers) and not hold.timed_out
+    data = client.get_run(run_id).data
+    assert {k: v for k, v in data.params.items()} == {f"split.seed_{r}": "42" for r in range(6)}
+    for i, writer in enumerate(writers):
+        assert (writer.report.given_up, writer.report.conflicts) == (0, []), writer.report
+        assert data.tags[f"step_{i}.round"] == "5"
