@@ -22,7 +22,7 @@ from kedro_vertex_hooks.naming import (
 from tests.support.generated_project import PACKAGE, generate_project
 from tests.support.project import EXPECTED_PARAMS, SAMPLE_NODES, SAMPLE_STEPS, base_env
 from tests.support.proxy import MlflowProxy
-from tests.support.tracked import assert_finished_with_every_node_completed
+from tests.support.tracked import assert_finished_with_every_node_completed, every_run_id
 
 GET_RUN = "GET /api/2.0/mlflow/runs/get"
 CREATE_RUN = "POST /api/2.0/mlflow/runs/create"
@@ -39,6 +39,7 @@ def assert_ok(result) -> None:
 
 
 def test_per_node_steps_leave_one_run_finished_only_after_the_last(client, mlflow_server, project):
+    runs_before = every_run_id(client)
     run_id = new_run(client, "per-node")
     name_at_start = client.get_run(run_id).info.run_name
     env = base_env(
@@ -69,8 +70,7 @@ def test_per_node_steps_leave_one_run_finished_only_after_the_last(client, mlflo
     assert run.data.tags[TAG_LATEST_NODE] == "publish"
     assert run.data.tags[TAG_JOB_NAME] == "sample-pipeline-20261126"
     assert TAG_FAILED_NODE not in run.data.tags
-    experiment = client.get_experiment(run.info.experiment_id)
-    assert len(client.search_runs([experiment.experiment_id])) == 1
+    assert every_run_id(client) == runs_before | {run_id}  # no other run, in any experiment
 
 
 def test_a_failing_node_makes_the_run_failed_for_good(client, mlflow_server, project):
@@ -260,6 +260,7 @@ def test_a_rerun_with_another_param_value_completes_and_records_the_conflict(
     ],
 )
 def test_every_runner_logs_into_the_one_run(client, mlflow_server, project, runner, mp_context):
+    runs_before = every_run_id(client)
     run_id = new_run(client, f"runner-{runner}-{mp_context}")
     env = base_env(MLFLOW_TRACKING_URI=mlflow_server.uri, MLFLOW_RUN_ID=run_id)
     if mp_context:
@@ -269,8 +270,7 @@ def test_every_runner_logs_into_the_one_run(client, mlflow_server, project, runn
     assert_finished_with_every_node_completed(run)
     for name in SAMPLE_NODES:
         assert node_key(METRIC_NODE_DURATION, name) in run.data.metrics
-    experiment_id = run.info.experiment_id
-    assert len(client.search_runs([experiment_id])) == 1
+    assert every_run_id(client) == runs_before | {run_id}  # no other run, in any experiment
 
 
 def test_a_node_whose_output_cannot_be_saved_is_the_failed_node(client, mlflow_server, project):
