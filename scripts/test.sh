@@ -7,5 +7,4 @@ export KEDRO_DISABLE_TELEMETRY=1 MLFLOW_DISABLE_TELEMETRY=true
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 # Two workers: most tests wait on kedro processes and servers (~5-6 min instead of ~10).
-# loadgroup keeps a module that shares one costly service (Airflow) on one worker.
-exec .venv/bin/python -m pytest -n 2 --dist loadgroup "$@"
+exec .venv/bin/python -m pytest -n 2 "$@"

@@ -15,11 +15,11 @@ run is found by the run id alone (two DAGs' equal run ids in one experiment shar
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,9 +42,6 @@ from tests.support.airflow import AIRFLOW_PYTHON, Airflow
 from tests.support.mlflow_server import MlflowServer
 from tests.support.project import SAMPLE_NODES, Project, base_env
 from tests.support.tracked import assert_finished_with_every_node_completed, every_run_id
-
-# One Airflow for the whole module, on one xdist worker (scripts/test.sh: --dist loadgroup).
-pytestmark = [pytest.mark.xdist_group("airflow"), pytest.mark.timeout(900)]
 
 STOCK = "sample-project"  # kedro-airflow names the DAG after the package
 WITH_FINALIZE = "sample-project-with-finalize"  # the shipped template, --params dag_id=...
@@ -129,20 +126,20 @@ def kill_mid_node(airflow: Airflow, client: Any, dag_id: str, run_id: str, node:
     raise AssertionError(f"{node} not killed mid-node\n{airflow.task_logs(dag_id, run_id)}")
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+@contextlib.contextmanager
+def deployed(root: Path) -> Iterator[Deployment]:
+    """Airflow and MLflow up, the four DAG runs done; both stopped on leaving."""
     from mlflow import MlflowClient
 
-    root = tmp_path_factory.mktemp("airflow")
     project = Project.copy(root / "project", python=AIRFLOW_PYTHON)
     server = MlflowServer(root / "mlflow")
     airflow = Airflow(project, root / "airflow-home", server.uri)
-    suffix = uuid.uuid4().hex[:6]
     phases = {  # label: (DAG, DAG run id), by phase
-        "clean": {"stock-clean": (STOCK, f"clean-{suffix}")}
-        | {"template-clean": (WITH_FINALIZE, f"clean-with-finalize-{suffix}")},
-        "broken": {"stock-failing": (STOCK, f"failing-{suffix}")}
-        | {"template-killed": (WITH_FINALIZE, f"killed-with-finalize-{suffix}")},
+        "clean": {"stock-clean": (STOCK, "clean"), "template-clean": (WITH_FINALIZE, "clean-t")},
+        "broken": {
+            "stock-failing": (STOCK, "failing"),
+            "template-killed": (WITH_FINALIZE, "killed"),
+        },
     }
     try:
         with ThreadPoolExecutor(2) as pool:  # side by side: each mostly waits
@@ -181,7 +178,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
                 stopped.result()
 
 
-def test_stock_dag_clean_run_is_one_finished_mlflow_run(deployment):
+def check_stock_dag_clean_run_is_one_finished_mlflow_run(deployment: Deployment) -> None:
     dag_run = deployment.runs["stock-clean"]
     assert dag_run.state == "success", dag_run.why()
     run = dag_run.the_run
@@ -193,7 +190,7 @@ def test_stock_dag_clean_run_is_one_finished_mlflow_run(deployment):
     assert TAG_RUN_NOTE not in run.data.tags  # no finalize in the stock DAG
 
 
-def test_stock_dag_failing_run_is_one_failed_mlflow_run(deployment):
+def check_stock_dag_failing_run_is_one_failed_mlflow_run(deployment: Deployment) -> None:
     dag_run = deployment.runs["stock-failing"]
     assert dag_run.state == "failed", dag_run.why()
     assert dag_run.tasks["quality-gate"]["state"] == "failed", dag_run.why()
@@ -227,7 +224,9 @@ def assert_finalize_ran_as_teardown(dag_run: DagRun) -> None:
             assert ti["end_date"] <= teardown["start_date"], (task, dag_run.why())
 
 
-def test_template_clean_run_is_finished_and_summarised_by_the_teardown(deployment):
+def check_template_clean_run_is_finished_and_summarised_by_the_teardown(
+    deployment: Deployment,
+) -> None:
     dag_run = deployment.runs["template-clean"]
     assert dag_run.state == "success", dag_run.why()
     assert_finalize_ran_as_teardown(dag_run)
@@ -243,7 +242,9 @@ def test_template_clean_run_is_finished_and_summarised_by_the_teardown(deploymen
     assert TIMELINE_ARTIFACT in artifacts
 
 
-def test_template_killed_task_is_lost_and_the_run_failed_by_the_teardown(deployment):
+def check_template_killed_task_is_lost_and_the_run_failed_by_the_teardown(
+    deployment: Deployment,
+) -> None:
     dag_run = deployment.runs["template-killed"]
     assert dag_run.state == "failed", dag_run.why()
     assert dag_run.tasks["quality-gate"]["state"] == "failed", dag_run.why()
@@ -264,8 +265,31 @@ def test_template_killed_task_is_lost_and_the_run_failed_by_the_teardown(deploym
     assert "| publish | not run |" in note
 
 
-def test_no_other_run_is_created(deployment):
+def check_no_other_run_is_created(deployment: Deployment) -> None:
     mine = {label: dag_run.the_run.info.run_id for label, dag_run in deployment.runs.items()}
     assert len(set(mine.values())) == 4, mine
     # Deleted runs count too: a step that lost a race for the run would have left one.
     assert every_run_id(deployment.client) == set(mine.values())
+
+
+CHECKS = (
+    check_stock_dag_clean_run_is_one_finished_mlflow_run,
+    check_stock_dag_failing_run_is_one_failed_mlflow_run,
+    check_template_clean_run_is_finished_and_summarised_by_the_teardown,
+    check_template_killed_task_is_lost_and_the_run_failed_by_the_teardown,
+    check_no_other_run_is_created,
+)
+
+
+@pytest.mark.timeout(900)
+def test_kedro_airflow_dags_on_a_real_airflow_3(tmp_path: Path) -> None:
+    """Every check, on one deployment. One test, not one per check: pytest-xdist spreads a
+    module's tests over its workers, and each worker would start its own Airflow."""
+    with deployed(tmp_path) as deployment:
+        failures = []
+        for check in CHECKS:
+            try:
+                check(deployment)
+            except AssertionError as error:
+                failures.append(f"{check.__name__}: {error}")
+    assert not failures, "\n\n".join(failures)
