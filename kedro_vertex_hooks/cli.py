@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 ENV_HELP = "Kedro configuration environment (default: the project's default run env)."
+CONF_SOURCE_HELP = (
+    "Configuration folder or archive, as kedro run --conf-source takes it "
+    "(default: the project's conf/)."
+)
 BUDGET_HELP = (
     "Seconds to keep retrying while the tracking server does not answer "
     "(default: the hooks' outage_budget_s)."
@@ -42,14 +46,22 @@ def vertex_hooks() -> None:
 
 
 @contextlib.contextmanager
-def _project(metadata: Any, env: str | None) -> Iterator[tuple[Any, ProjectConfig, HookOptions]]:
-    """The project's context and config, loaded with the hooks kept passive."""
+def _project(
+    metadata: Any, env: str | None, conf_source: str | None
+) -> Iterator[tuple[Any, ProjectConfig, HookOptions]]:
+    """The project's context and config, loaded with the hooks kept passive; from the same
+    conf source as the pipeline's steps (a DAG that runs Kedro with --conf-source)."""
     from kedro.framework.session import KedroSession
 
     from kedro_vertex_hooks.config import load_project_config
     from kedro_vertex_hooks.hooks import passive
 
-    with passive(), KedroSession.create(project_path=metadata.project_path, env=env) as session:
+    with (
+        passive(),
+        KedroSession.create(
+            project_path=metadata.project_path, env=env, conf_source=conf_source
+        ) as session,
+    ):
         context = session.load_context()
         yield context, load_project_config(context), _hook_options()
 
@@ -108,6 +120,7 @@ def _one_line_errors(what: str) -> Iterator[None]:
 
 @vertex_hooks.command(name="start-run")
 @click.option("--env", "-e", default=None, help=ENV_HELP)
+@click.option("--conf-source", default=None, help=CONF_SOURCE_HELP)
 @click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -122,6 +135,7 @@ def _one_line_errors(what: str) -> Iterator[None]:
 def start_run_command(
     metadata: Any,
     env: str | None,
+    conf_source: str | None,
     output: Path | None,
     run_name: str | None,
     job_id: str | None,
@@ -140,7 +154,7 @@ def start_run_command(
     with (
         _one_line_errors("start-run failed"),
         contextlib.redirect_stdout(sys.stderr),
-        _project(metadata, env) as (context, config, options),
+        _project(metadata, env, conf_source) as (context, config, options),
     ):
         client = _connect(config, options, context)
         run = _with_retries(
@@ -164,6 +178,7 @@ def start_run_command(
 
 @vertex_hooks.command(name="finalize")
 @click.option("--env", "-e", default=None, help=ENV_HELP)
+@click.option("--conf-source", default=None, help=CONF_SOURCE_HELP)
 @click.option(
     "--run-id",
     default=None,
@@ -181,6 +196,7 @@ def start_run_command(
 def finalize_command(
     metadata: Any,
     env: str | None,
+    conf_source: str | None,
     run_id: str | None,
     state: str | None,
     outage_budget: float | None,
@@ -192,7 +208,7 @@ def finalize_command(
     source = RunSource.from_env()
     with (
         _one_line_errors("finalize failed"),
-        _project(metadata, env) as (context, config, options),
+        _project(metadata, env, conf_source) as (context, config, options),
     ):
         client = _connect(config, options, context)
 
@@ -225,14 +241,15 @@ def finalize_command(
 
 @vertex_hooks.command(name="doctor")
 @click.option("--env", "-e", default=None, help=ENV_HELP)
+@click.option("--conf-source", default=None, help=CONF_SOURCE_HELP)
 @click.pass_obj
-def doctor_command(metadata: Any, env: str | None) -> None:
+def doctor_command(metadata: Any, env: str | None, conf_source: str | None) -> None:
     """Show where runs go, the auth header (redacted) and whether the server accepts a call."""
     from kedro_vertex_hooks.auth import explain_refusal, installed_provider
 
     with (
         _one_line_errors("doctor"),
-        _project(metadata, env) as (context, config, options),
+        _project(metadata, env, conf_source) as (context, config, options),
     ):
         click.echo(f"Tracking URI: {config.tracking_uri} ({config.tracking_uri_source})")
         click.echo(f"Experiment:   {config.experiment_name}")
