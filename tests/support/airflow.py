@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -244,7 +245,7 @@ class Airflow:
                 with contextlib.suppress(ValueError, AttributeError):  # JSON lines, mostly
                     record = json.loads(line)
                     line = f"{record.get('level', '')} {record.get('event', '')}"
-                lines.append(line)
+                lines.append(re.sub(r" {3,}", "  ", line))  # Kedro's rich columns, unpadded
             text = "\n".join(lines)
             parts.append(f"--- {log.parent.name}/{log.name}\n{text[-chars:]}")
         return "\n".join(parts)
