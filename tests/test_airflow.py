@@ -1,6 +1,6 @@
 """sample_project on a real Apache Airflow 3, through kedro-airflow's DAGs: no glue.
 
-Airflow (scheduler, dag-processor, api-server of .venv-airflow) is started once for the module,
+Airflow (scheduler, dag-processor, api-server of .venv-airflow) is started once for the test,
 from a copy of sample_project, against a private MLflow server, with two DAGs made by
 ``kedro airflow create``: the stock one, untouched (Kedro env ``local``), and one from the
 template this package ships (start-run as a setup task, finalize as a teardown task; Kedro env
@@ -67,7 +67,7 @@ class DagRun:
     def the_run(self) -> Any:
         """The one MLflow run of this DAG run (asserting there is exactly one)."""
         ids = [run.info.run_id for run in self.mlflow_runs]
-        assert len(ids) == 1, f"{len(ids)} MLflow runs {ids} for {self.dag_id} / {self.run_id}"
+        assert len(ids) == 1, f"{len(ids)} MLflow runs {ids}: {self.why()}"
         return self.mlflow_runs[0]
 
     def why(self) -> str:
