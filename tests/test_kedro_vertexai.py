@@ -127,6 +127,9 @@ def iap(server_2x) -> Iterator[AuthStack]:
     yield from AuthStack.serve(server_2x.uri)
 
 
+# A whole compiled pipeline: 14 tasks of two ~8 s processes each; ~3 min on an idle
+# 2-core machine, far more when the other worker runs 64 kedro processes beside it.
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize(
     "grouping", [False, True], ids=["one-node-per-step", "tag-grouping-behind-iap"]
 )
@@ -190,6 +193,7 @@ def test_compiled_pipeline_leaves_one_run_running_then_finished(
     assert run.data.tags[TAG_LATEST_NODE] in node_steps[-1].nodes
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("grouping", [False, True], ids=["one-node-per-step", "tag-grouping"])
 def test_compiled_pipeline_with_a_failing_node_stays_failed(grouping, server_2x, tmp_path: Path):
     from mlflow import MlflowClient
