@@ -24,9 +24,11 @@ if TYPE_CHECKING:
 ENV_RUN_ID = "MLFLOW_RUN_ID"
 ENV_JOB_ID = "KEDRO_CONFIG_RUN_ID"
 ENV_JOB_NAME = "KEDRO_CONFIG_JOB_NAME"
-# (job id variable, job name variable) that orchestrators set in every task's environment,
+# (run id variable, job name variable) that orchestrators set in every task's environment,
 # in the order they are tried after KEDRO_CONFIG_RUN_ID. Airflow 3 exports the task context
-# into the environment of every task it runs, stock kedro-airflow DAGs included.
+# into the environment of every task it runs, stock kedro-airflow DAGs included. Its run ids
+# are unique only within a DAG (every @once run is "scheduled__2023-01-01T00:00:00+00:00"),
+# so the job id is "<job name>/<run id>".
 ORCHESTRATOR_JOB_VARIABLES = (("AIRFLOW_CTX_DAG_RUN_ID", "AIRFLOW_CTX_DAG_ID"),)
 
 _RUN_ID_PATTERN = re.compile(r"^[a-zA-Z0-9][\w\-]{0,255}$")
@@ -59,10 +61,15 @@ class RunSource:
         job_id_variable = ENV_JOB_ID
         if job_id is None:
             for id_variable, name_variable in ORCHESTRATOR_JOB_VARIABLES:
-                if read(id_variable):
-                    job_id, job_id_variable = read(id_variable), id_variable
-                    job_name = job_name or read(name_variable)
-                    break
+                orchestrator_run_id, orchestrator_job = read(id_variable), read(name_variable)
+                if orchestrator_run_id is None:
+                    continue
+                job_id, job_id_variable = orchestrator_run_id, id_variable
+                if orchestrator_job is not None:
+                    job_id = f"{orchestrator_job}/{orchestrator_run_id}"
+                    job_id_variable = f"{name_variable}/{id_variable}"
+                job_name = job_name or orchestrator_job
+                break
         if run_id:
             return cls("resume", run_id, job_id, job_name, job_id_variable)
         if job_id:

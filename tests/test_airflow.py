@@ -103,10 +103,10 @@ def make_dags(project: Project) -> None:
     assert made.returncode == 0, made.stdout + made.stderr
 
 
-def search_runs(client: Any, dag_run_id: str) -> list[Any]:
+def search_runs(client: Any, job_id: str) -> list[Any]:
     """MLflow runs of all experiments tagged with a DAG run's id."""
     experiments = [e.experiment_id for e in client.search_experiments()]
-    return client.search_runs(experiments, filter_string=f"tags.{TAG_JOB_ID} = '{dag_run_id}'")
+    return client.search_runs(experiments, filter_string=f"tags.{TAG_JOB_ID} = '{job_id}'")
 
 
 def kill_mid_node(airflow: Airflow, client: Any, dag_id: str, run_id: str, node: str) -> None:
@@ -117,7 +117,7 @@ def kill_mid_node(airflow: Airflow, client: Any, dag_id: str, run_id: str, node:
         task = airflow.task_instances(dag_id, run_id).get(task_id, {})
         if task.get("state") in ("success", "failed", "upstream_failed"):
             break  # ended before it could be killed
-        runs = search_runs(client, run_id) if task.get("state") == "running" else []
+        runs = search_runs(client, f"{dag_id}/{run_id}") if task.get("state") == "running" else []
         if runs and task.get("pid") and runs[0].data.tags.get(status_tag) == "running":
             assert os.getsid(task["pid"]) == airflow.session  # ours to kill
             os.kill(task["pid"], signal.SIGKILL)
@@ -168,7 +168,7 @@ def deployed(root: Path) -> Iterator[Deployment]:
                     run_id=run_id,
                     state=ended["state"],
                     tasks=airflow.task_instances(dag_id, run_id),
-                    mlflow_runs=search_runs(client, run_id),
+                    mlflow_runs=search_runs(client, f"{dag_id}/{run_id}"),
                     logs=airflow.task_logs(dag_id, run_id),
                 )
         yield Deployment(client, runs)
@@ -184,7 +184,7 @@ def check_stock_dag_clean_run_is_one_finished_mlflow_run(deployment: Deployment)
     run = dag_run.the_run
 
     assert_finished_with_every_node_completed(run)
-    assert run.data.tags[TAG_JOB_ID] == dag_run.run_id  # findable by the DAG run's id
+    assert run.data.tags[TAG_JOB_ID] == f"{dag_run.dag_id}/{dag_run.run_id}"  # findable
     assert run.data.tags[TAG_JOB_NAME] == STOCK
     assert run.info.run_name == STOCK
     assert TAG_RUN_NOTE not in run.data.tags  # no finalize in the stock DAG
@@ -206,7 +206,7 @@ def check_stock_dag_failing_run_is_one_failed_mlflow_run(deployment: Deployment)
     assert node_key(TAG_NODE_STATUS, "publish") not in tags  # Airflow never ran it
     for name in SAMPLE_NODES[: SAMPLE_NODES.index("quality_gate")]:
         assert tags[node_key(TAG_NODE_STATUS, name)] == "completed", name
-    assert tags[TAG_JOB_ID] == dag_run.run_id
+    assert tags[TAG_JOB_ID] == f"{dag_run.dag_id}/{dag_run.run_id}"
     assert tags[TAG_JOB_NAME] == STOCK
 
 
@@ -237,7 +237,8 @@ def check_template_clean_run_is_finished_and_summarised_by_the_teardown(
     assert run.data.tags[TAG_JOB_NAME] == WITH_FINALIZE
     note = run.data.tags[TAG_RUN_NOTE]  # finalize's summary
     assert note.startswith("**FINISHED**: the pipeline succeeded; 13 of 13 nodes completed")
-    assert f"Orchestrator job id: {dag_run.run_id}" in note.replace("\\", "")  # markdown
+    job_id = f"{dag_run.dag_id}/{dag_run.run_id}"
+    assert f"Orchestrator job id: {job_id}" in note.replace("\\", "")  # markdown escapes
     artifacts = [a.path for a in deployment.client.list_artifacts(run.info.run_id)]
     assert TIMELINE_ARTIFACT in artifacts
 

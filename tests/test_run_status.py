@@ -56,19 +56,26 @@ AIRFLOW = {
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
-        # A stock kedro-airflow task: Airflow's DAG run is the job, its DAG the job's name.
-        (AIRFLOW, ("job", AIRFLOW["AIRFLOW_CTX_DAG_RUN_ID"], "dag")),
+        # A stock kedro-airflow task: Airflow's DAG run is the job, its DAG the job's name;
+        # run ids are unique only within a DAG, so the DAG id is part of the job id.
+        (AIRFLOW, ("job", f"dag/{AIRFLOW['AIRFLOW_CTX_DAG_RUN_ID']}", "dag")),
+        ({"AIRFLOW_CTX_DAG_RUN_ID": "r1"}, ("job", "r1", None)),
         # What the user set wins over what the orchestrator exports.
         ({**AIRFLOW, "KEDRO_CONFIG_RUN_ID": "mine"}, ("job", "mine", None)),
         (
             {**AIRFLOW, "KEDRO_CONFIG_JOB_NAME": "nightly"},
-            ("job", AIRFLOW["AIRFLOW_CTX_DAG_RUN_ID"], "nightly"),
+            ("job", f"dag/{AIRFLOW['AIRFLOW_CTX_DAG_RUN_ID']}", "nightly"),
         ),
-        ({**AIRFLOW, "MLFLOW_RUN_ID": "abc"}, ("resume", AIRFLOW["AIRFLOW_CTX_DAG_RUN_ID"], "dag")),
+        (
+            {**AIRFLOW, "MLFLOW_RUN_ID": "abc"},
+            ("resume", f"dag/{AIRFLOW['AIRFLOW_CTX_DAG_RUN_ID']}", "dag"),
+        ),
     ],
 )
 def test_an_orchestrators_own_run_id_is_the_job_id_when_none_is_given(env, expected):
     source = RunSource.from_env(env)
     assert (source.mode, source.job_id, source.job_name) == expected
-    if source.mode == "job" and "KEDRO_CONFIG_RUN_ID" not in env:
-        assert source.describe().startswith("AIRFLOW_CTX_DAG_RUN_ID=manual__")
+    if source.mode == "job" and env == AIRFLOW:
+        assert source.describe().startswith(
+            "AIRFLOW_CTX_DAG_ID/AIRFLOW_CTX_DAG_RUN_ID=dag/manual__"
+        )
