@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.auth_stack import AuthStack, restore_provider_registry
 from tests.support.mlflow_server import MlflowServer
 from tests.support.postgres import PostgresCluster
 from tests.support.project import Project
@@ -50,3 +51,28 @@ def client(mlflow_server: MlflowServer):
 @pytest.fixture
 def project(tmp_path: Path) -> Project:
     return Project.copy(tmp_path / "project")
+
+
+# The IAP-like proxy and fake Google of the auth tests (one per test module).
+@pytest.fixture(scope="module")
+def stack(mlflow_server) -> Iterator[AuthStack]:
+    yield from AuthStack.serve(mlflow_server.uri)
+
+
+@pytest.fixture
+def adc(stack: AuthStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AuthStack:
+    """Application Default Credentials = a key file served by the fake; counters reset."""
+    stack.reset()
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "no-gcloud"))
+    monkeypatch.setenv(
+        "GOOGLE_APPLICATION_CREDENTIALS", str(stack.google.write_key_file(tmp_path / "key.json"))
+    )
+    for name in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    return stack
+
+
+@pytest.fixture
+def registry() -> Iterator[None]:
+    yield from restore_provider_registry()

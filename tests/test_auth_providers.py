@@ -12,7 +12,6 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,34 +24,10 @@ from kedro_vertex_hooks.auth.gcp import (
     MLFlowGoogleOauthRequestHeaderProvider,
 )
 from kedro_vertex_hooks.config import RequestHeaderProviderConfig
-from tests.support.auth_stack import AUDIENCE, AuthStack, restore_provider_registry
+from tests.support.auth_stack import AUDIENCE, AuthStack
 from tests.support.fake_google import verify_jwt
 
 OTHER_ACCOUNT = "mlflow-writer@fake-project.iam.gserviceaccount.com"
-
-
-@pytest.fixture(scope="module")
-def stack(mlflow_server) -> Iterator[AuthStack]:
-    yield from AuthStack.serve(mlflow_server.uri)
-
-
-@pytest.fixture
-def adc(stack: AuthStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AuthStack:
-    """Application Default Credentials = a key file served by the fake; counters reset."""
-    stack.reset()
-    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "no-gcloud"))
-    monkeypatch.setenv(
-        "GOOGLE_APPLICATION_CREDENTIALS", str(stack.google.write_key_file(tmp_path / "key.json"))
-    )
-    for name in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    return stack
-
-
-@pytest.fixture
-def registry() -> Iterator[None]:
-    yield from restore_provider_registry()
 
 
 def _bearer(headers: dict[str, str]) -> str:

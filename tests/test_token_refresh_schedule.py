@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,9 +25,8 @@ from mlflow.tracking.request_header.registry import resolve_request_headers
 from kedro_vertex_hooks.auth import AuthError, InstalledProvider, install_header_provider
 from kedro_vertex_hooks.auth.tokens import Token
 from kedro_vertex_hooks.config import RequestHeaderProviderConfig
-from tests.support.auth_stack import AUDIENCE, AuthStack, restore_provider_registry
+from tests.support.auth_stack import AUDIENCE, AuthStack
 from tests.support.fake_google import verify_jwt
-from tests.support.mlflow_server import MlflowServer
 
 TARGET_ACCOUNT = "mlflow-writer@fake-project.iam.gserviceaccount.com"
 # The fake endpoint each provider gets its ID tokens from (ADC is a key file here).
@@ -37,30 +34,6 @@ ENDPOINT = {"gcp-oauth": "token", "gcp-iam": "iam"}
 PROVIDERS = sorted(ENDPOINT)
 BURST = 10  # requests per "no fetch expected" check: enough for a per-call fetch to show
 DEFAULT_EXPERIMENT_ID = "0"  # exists on every MLflow server
-
-
-@pytest.fixture(scope="module")
-def stack(mlflow_server: MlflowServer) -> Iterator[AuthStack]:
-    yield from AuthStack.serve(mlflow_server.uri)
-
-
-@pytest.fixture
-def adc(stack: AuthStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AuthStack:
-    """Application Default Credentials = a key file served by the fake; counters reset."""
-    stack.reset()
-    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "no-gcloud"))
-    monkeypatch.setenv(
-        "GOOGLE_APPLICATION_CREDENTIALS", str(stack.google.write_key_file(tmp_path / "key.json"))
-    )
-    for name in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    return stack
-
-
-@pytest.fixture
-def registry() -> Iterator[None]:
-    yield from restore_provider_registry()
 
 
 def _install(stack: AuthStack, provider_type: str) -> InstalledProvider:
