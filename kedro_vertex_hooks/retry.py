@@ -53,6 +53,19 @@ class TrackingUnreachableError(TrackingError):
     """The tracking server did not answer (or stayed busy) past its budget."""
 
 
+class UndeliveredError(TrackingError):
+    """Some of a step's writes never reached the run: the step fails, naming them."""
+
+    def __init__(self, run_id: str, names: list[str], last_error: str | None) -> None:
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        super().__init__(
+            f"MLflow run {run_id}: {len(names)} value(s) of this step could not be delivered "
+            f"({last_error or 'no answer'}); missing from the run: {shown}. The nodes ran "
+            "and their outputs are saved; the step fails so that the orchestrator can retry "
+            "it. Set MlflowRunHooks(on_undelivered='warn') to let it succeed with a warning."
+        )
+
+
 class OutageClock:
     """The budgets of one step's calls: an outage is waited out once, not once per write.
 

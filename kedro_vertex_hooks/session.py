@@ -67,6 +67,7 @@ from kedro_vertex_hooks.retry import (
     OutageClock,
     TrackingError,
     TrackingUnreachableError,
+    UndeliveredError,
     is_transient,
     retry_transient,
     short_error,
@@ -406,19 +407,6 @@ class TrackingSession:
         if not report.given_up or self.options.on_undelivered != "fail":
             return
         raise UndeliveredError(self.run_id, report.undelivered, report.last_error)
-
-
-class UndeliveredError(TrackingError):
-    """Some of a step's writes never reached the run: the step fails, naming them."""
-
-    def __init__(self, run_id: str, names: list[str], last_error: str | None) -> None:
-        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-        super().__init__(
-            f"MLflow run {run_id}: {len(names)} value(s) of this step could not be delivered "
-            f"({last_error or 'no answer'}); missing from the run: {shown}. The nodes ran "
-            "and their outputs are saved; the step fails so that the orchestrator can retry "
-            "it. Set MlflowRunHooks(on_undelivered='warn') to let it succeed with a warning."
-        )
 
 
 def _refused(exc: Exception, source: RunSource, tracking_uri: str) -> TrackingError:
