@@ -36,6 +36,9 @@ MAX_ENTITIES_PER_BATCH = 1000
 MLFLOW_ONLY_ENV_VARS = ("MLFLOW_TRACKING_AUTH", "MLFLOW_WORKSPACE", "MLFLOW_TRACKING_AWS_SIGV4")
 # MLflow's client reads a username and password from here; this module does not.
 MLFLOW_CREDENTIALS_FILE = Path("~/.mlflow/credentials")
+# The longest a request may wait for its answer once the server has been slow (MLflow's own
+# default timeout): see RestTrackingClient._answer_was_late.
+MAX_REQUEST_TIMEOUT_S = 120.0
 
 
 class RestApiError(Exception):
@@ -197,6 +200,10 @@ class RestTrackingClient:
         try:
             response = session.request(method, url, **request)
         except OSError as exc:  # requests' errors: no connection, timeouts, TLS
+            from requests.exceptions import ReadTimeout
+
+            if isinstance(exc, ReadTimeout):
+                self._answer_was_late()
             # Worded like the MLflow client's, so errors read the same whichever client sent.
             raise RestConnectionError(f"API request to {url} failed with exception {exc}") from exc
         if response.status_code == 200:
@@ -210,6 +217,16 @@ class RestTrackingClient:
             f"API request to endpoint {API_PREFIX}{endpoint} failed with error code "
             f"{response.status_code} != 200. Response body: '{trim(response.text, 500)}'",
         )
+
+    def _answer_was_late(self) -> None:
+        """Wait twice as long for the next answers (up to ``MAX_REQUEST_TIMEOUT_S``).
+
+        A server that did not answer in time is still working on the request. Resent with
+        the same timeout, every copy joins a queue the first is still in: 64 steps resending
+        every 10 s kept a busy PostgreSQL-backed server from ever catching up.
+        """
+        with self._lock:
+            self._timeout_s = max(self._timeout_s, min(self._timeout_s * 2, MAX_REQUEST_TIMEOUT_S))
 
     def _http_session(self) -> Any:
         """One ``requests.Session`` per process: a forked child must not share the parent's

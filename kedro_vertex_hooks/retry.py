@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import re
 import sys
 import threading
@@ -40,9 +41,12 @@ _BUSY_SIGNS = (
     "ReadTimeoutError",
 )
 _DOWN_SIGNS = ("failed with exception", "Max retries exceeded", "error code 5")
-BUSY_STATUSES = frozenset({429, 503})
 T = TypeVar("T")
 Trouble = Literal["busy", "down"]
+BUSY_STATUSES = frozenset({429, 503})
+# The longest pause between two tries: short for a server that is away (to resume as soon
+# as it is back), long for a busy one (so that many steps retrying do not keep it busy).
+MAX_PAUSE_S: dict[Trouble, float] = {"down": 8.0, "busy": 30.0}
 
 
 class TrackingError(UserError):
@@ -161,11 +165,12 @@ def is_transient(exc: BaseException) -> bool:
 def retry_transient(action: Callable[[], T], clock: OutageClock, what: str) -> tuple[T, bool]:
     """Call ``action``, retrying transient errors with backoff while ``clock`` allows.
 
-    A spent budget still allows one attempt. Returns the result and whether it came late
-    (after retries or an outage); the last error is raised when the budget is spent or the
-    error is not transient.
+    A spent budget still allows one attempt. Pauses double from 0.5 s up to the trouble's
+    ``MAX_PAUSE_S``, each a random 50-100 % of that, so that steps that failed together do
+    not retry together. Returns the result and whether it came late (after retries or an
+    outage); the last error is raised when the budget is spent or the error is not transient.
     """
-    delay = 0.5
+    pause_s = 0.5
     attempt = 0
     while True:
         started = time.monotonic()
@@ -187,8 +192,9 @@ def retry_transient(action: Callable[[], T], clock: OutageClock, what: str) -> t
             if left <= 0:
                 raise
             attempt += 1
-            time.sleep(min(delay, left))
-            delay = min(delay * 2, 8.0)
+            pause_s = min(pause_s, MAX_PAUSE_S[trouble])
+            time.sleep(min(pause_s * random.uniform(0.5, 1.0), left))
+            pause_s *= 2
             continue
         outage_s = clock.recovered()
         if outage_s is not None:

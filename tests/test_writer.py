@@ -156,6 +156,22 @@ def test_a_busy_server_is_waited_for_past_the_outage_budget(make_writer, client,
     assert (writer.report.delivered_late, writer.report.given_up) == (2, 0)
 
 
+def test_a_slow_server_is_given_more_time_not_more_copies(client, proxy, run_id, monkeypatch):
+    """A request that timed out is still in the server's queue: resending it with the same
+    timeout only adds copies (64 steps doing so kept a PostgreSQL-backed server busy for
+    ever). The node steps' REST client doubles its wait after each read timeout: answers
+    taking 2.5 s with a 1 s timeout land on the third request. (MlflowClient reads its
+    fixed timeout from MLflow's settings; only the pauses between its tries grow.)"""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+    options = {**WRITER_OPTIONS, "background": False, "outage_budget_s": 1, "overload_budget_s": 15}
+    writer = RunWriter(RestTrackingClient(proxy.uri), run_id, {}, **options)
+    proxy.slow(2.5, path_contains="runs/log-batch")
+    writer.submit(Write(params={"a": "1"}, tags={STATUS: "completed"}))
+    assert client.get_run(run_id).data.params == {"a": "1"}
+    assert log_batches(proxy) == 3  # timed out after 1 s, then 2 s; answered within 4 s
+    assert (writer.report.delivered_late, writer.report.given_up) == (2, 0)
+
+
 def test_overload_budget_bounds_the_wait_for_a_busy_server(make_writer, proxy, run_id):
     writer = make_writer(proxy, run_id, strict=True, outage_budget_s=30, overload_budget_s=1)
     proxy.fail(429, path_contains="runs/log-batch")
