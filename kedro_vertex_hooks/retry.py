@@ -41,6 +41,11 @@ _BUSY_SIGNS = (
     "ReadTimeoutError",
 )
 _DOWN_SIGNS = ("failed with exception", "Max retries exceeded", "error code 5")
+# MLflow's SQL store holds a pooled connection while log-batch opens a second one, so as
+# many concurrent writes as the pool has connections (5 + 10 overflow by default) wait on
+# each other until the pool's 30 s timeout; the request then fails with HTTP 400
+# "(sqlalchemy.exc.TimeoutError) QueuePool limit of size 5 overflow 10 reached": busy.
+_STORE_BUSY_SIGNS = ("QueuePool limit", "sqlalchemy.exc.TimeoutError")
 T = TypeVar("T")
 Trouble = Literal["busy", "down"]
 BUSY_STATUSES = frozenset({429, 503})
@@ -127,8 +132,9 @@ class OutageClock:
 
 
 def trouble_kind(exc: BaseException) -> Trouble | None:
-    """``"busy"`` (429, 503, a read timeout), ``"down"`` (no answer, other 5xx), or None when
-    retrying cannot help. A TLS failure (an untrusted certificate) is not an outage."""
+    """``"busy"`` (429, 503, a read timeout, the SQL store's connection pool exhausted),
+    ``"down"`` (no answer, other 5xx), or None when retrying cannot help. A TLS failure (an
+    untrusted certificate) is not an outage."""
     if any(sign in str(exc) for sign in _TLS_FAILURE_SIGNS):
         return None
     mlflow_exceptions = sys.modules.get("mlflow.exceptions")  # never import MLflow for this
@@ -137,7 +143,7 @@ def trouble_kind(exc: BaseException) -> Trouble | None:
         rest_errors += (mlflow_exceptions.RestException,)
     if isinstance(exc, rest_errors):
         status = exc.get_http_status_code()  # type: ignore[attr-defined]
-        if status in BUSY_STATUSES:
+        if status in BUSY_STATUSES or any(sign in str(exc) for sign in _STORE_BUSY_SIGNS):
             return "busy"
         return "down" if status >= 500 else None
     from requests.exceptions import ReadTimeout, RequestException
