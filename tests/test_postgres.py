@@ -59,6 +59,8 @@ def test_64_steps_started_together_on_postgres_lose_nothing(
         )
         results = run_all_at_once(project, STEPS, env, tags=False, timeout_s=600)
 
-    assert_every_step_succeeded(results, late_is_ok=False)
+    # Late is fine (MLflow's default pool jams under 64 writers: see docs/reliability.md);
+    # lost is not.
+    assert_every_step_succeeded(results)
     assert_run_holds_every_step(client, run_id, results, metrics_and_tags=False)
     assert all_run_ids(client) == runs_before | {run_id}

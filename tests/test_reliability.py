@@ -359,6 +359,6 @@ def test_16_steps_on_a_slow_and_busy_server_lose_nothing(
         faults = [record.fault for record in proxy.stats().records]
     assert (faults.count("delay"), faults.count("status")) == (SLOW_ANSWERS, BUSY_ANSWERS)
     assert any("tracking server busy" in result.output for result in results)
-    assert_every_step_succeeded(results, late_is_ok=True)
+    assert_every_step_succeeded(results)
     assert_run_holds_every_step(client, run_id, results, metrics_and_tags=True)
     assert every_run_id(client) == runs_before | {run_id}
