@@ -194,7 +194,7 @@ def test_fetch_failure_during_requests_does_not_poison_later_requests(
         RequestHeaderProviderConfig(type="gcp-oauth", init_kwargs={"client_id": AUDIENCE})
     )
     client = MlflowClient(adc.proxy.url)
-    experiment = client.create_experiment("outage")
+    experiment = client.create_experiment("failed-token-fetch")
     time.sleep(2.1)  # the token has expired: the next request must fetch
     adc.google.fail_next(1)
 
@@ -202,7 +202,7 @@ def test_fetch_failure_during_requests_does_not_poison_later_requests(
         client.get_experiment(experiment)  # MLflow skipped the failing provider
     recovered = client.get_experiment(experiment)
 
-    assert recovered.name == "outage"
+    assert recovered.name == "failed-token-fetch"
     assert [rejection.reason for rejection in adc.proxy.rejections] == ["no credentials"]
 
 
