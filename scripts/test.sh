@@ -6,5 +6,6 @@ bash scripts/bootstrap.sh
 export KEDRO_DISABLE_TELEMETRY=1 MLFLOW_DISABLE_TELEMETRY=true
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-# Two workers: most tests wait on kedro processes and servers (~5-6 min instead of ~10).
+# Two workers, one per core: the suite is CPU-bound (kedro processes of several images).
+# 1153 s here on 2 cores, alone (docs/development.md).
 exec .venv/bin/python -m pytest -n 2 "$@"
