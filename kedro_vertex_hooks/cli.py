@@ -157,6 +157,7 @@ def start_run_command(
         _project(metadata, env, conf_source) as (context, config, options),
     ):
         client = _connect(config, options, context)
+        created: list[str] = []  # kept across retries: a losing run is deleted on the next
         run = _with_retries(
             lambda: start_run(
                 client,
@@ -165,6 +166,7 @@ def start_run_command(
                 job_name,
                 run_name,
                 options.run_search_settle_s,
+                created,
             ),
             options,
             outage_budget,

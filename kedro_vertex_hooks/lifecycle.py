@@ -156,6 +156,7 @@ def start_run(
     job_name: str | None,
     run_name: str | None = None,
     settle_s: float = 1.0,
+    created: list[str] | None = None,
 ) -> ResolvedRun:
     """The pipeline's run, left RUNNING: the run tagged with ``job_id`` if one exists.
 
@@ -171,6 +172,7 @@ def start_run(
         settle_s,
         run_name=run_name or job_name,
         new_run_tags=job_tags(None, job_name),
+        created=created,
     )
 
 

@@ -183,6 +183,7 @@ def find_or_create_job_run(
     job_name: str | None,
     run_name: str | None,
     settle_s: float,
+    created: list[str],
 ) -> ResolvedRun:
     """The run of this orchestrator job; steps that start together converge on one.
 
@@ -191,6 +192,10 @@ def find_or_create_job_run(
     A step that finds a run still settling (created less than ``settle_s`` ago) waits until
     its creator has decided too: an older racing run may yet appear and win, and the run
     found would then be deleted with this step's writes in it.
+
+    ``created`` holds the runs this step made and has not deleted yet; it outlives a retry
+    of the whole resolution, so a step whose search or delete failed after its create still
+    deletes its losing run on the next try instead of leaving a second active run behind.
     """
     existing = runs_for_job(client, experiment_id, job_id)
     if existing:
@@ -198,17 +203,23 @@ def find_or_create_job_run(
         if wait_s > 0:
             time.sleep(wait_s)
             existing = runs_for_job(client, experiment_id, job_id) or existing
-        return ResolvedRun.from_run(existing[0])
+        return _keep_winner(client, existing[0], created)
     mine = client.create_run(
         experiment_id, tags=job_tags(job_id, job_name), run_name=run_name or job_name
     )
+    created.append(mine.info.run_id)
     time.sleep(settle_s)
     candidates = runs_for_job(client, experiment_id, job_id) or [mine]
-    winner = candidates[0]
-    if winner.info.run_id != mine.info.run_id:
-        client.delete_run(mine.info.run_id)
-        return ResolvedRun.from_run(winner)
-    return ResolvedRun.from_run(winner, created_here=True)
+    return _keep_winner(client, candidates[0], created)
+
+
+def _keep_winner(client: TrackingClient, winner: Run, created: list[str]) -> ResolvedRun:
+    """Delete the runs this step created that lost to ``winner``; the run to log into."""
+    for run_id in list(created):
+        if run_id != winner.info.run_id:
+            client.delete_run(run_id)
+            created.remove(run_id)
+    return ResolvedRun.from_run(winner, created_here=winner.info.run_id in created)
 
 
 _SETTLE_MARGIN_S = 0.5  # the creator's own search, after its settle_s, takes a request too
@@ -235,10 +246,12 @@ def resolve_run(
     settle_s: float,
     run_name: str | None = None,
     new_run_tags: dict[str, str] | None = None,
+    created: list[str] | None = None,
 ) -> ResolvedRun:
     """The one decision of which run: resumed by id, the job's (found, or created by whichever
     racing step wins), or a new one with ``new_run_tags``. Node steps and ``start-run`` both
-    come here."""
+    come here. Pass the same ``created`` list to every retry of one resolution (see
+    :func:`find_or_create_job_run`)."""
     if source.mode == "resume":
         assert source.run_id is not None
         return fetch_run(client, source.run_id, tracking_uri)
@@ -246,7 +259,13 @@ def resolve_run(
     if source.mode == "job":
         assert source.job_id is not None
         return find_or_create_job_run(
-            client, experiment_id, source.job_id, source.job_name, run_name, settle_s
+            client,
+            experiment_id,
+            source.job_id,
+            source.job_name,
+            run_name,
+            settle_s,
+            created if created is not None else [],
         )
     run = client.create_run(experiment_id, tags=new_run_tags or {}, run_name=run_name)
     return ResolvedRun.from_run(run, created_here=True)

@@ -186,6 +186,7 @@ class TrackingSession:
         client = connect(config, options, kedro_context)
         what = f"Tracking URI {config.tracking_uri}"
         clock = OutageClock(options.outage_budget_s, options.overload_budget_s)
+        created: list[str] = []  # kept across retries: a losing run is deleted on the next
         try:
             run, _ = retry_transient(
                 lambda: resolve_run(
@@ -195,6 +196,7 @@ class TrackingSession:
                     config.experiment_name,
                     options.run_search_settle_s,
                     new_run_tags={TAG_PIPELINE: pipeline_name},
+                    created=created,
                 ),
                 clock,
                 what,

@@ -6,6 +6,7 @@ import re
 import time
 
 import pytest
+from mlflow.entities import ViewType
 
 from kedro_vertex_hooks.naming import (
     METRIC_NODE_DURATION,
@@ -134,8 +135,6 @@ def test_job_id_only_steps_forced_to_race_converge_on_one_run(client, mlflow_ser
     (nothing another step writes, no key another step logs); a ninth node, not run, keeps
     the pipeline unfinished.
     """
-    from mlflow.entities import ViewType
-
     project = generate_project(
         tmp_path / "project",
         RACE_NODES,
@@ -186,6 +185,61 @@ def test_job_id_only_steps_forced_to_race_converge_on_one_run(client, mlflow_ser
         assert winner.data.tags[node_key(TAG_NODE_STATUS, name)] == "completed", name
         assert winner.data.params[f"step_{i}.rows"] == str(10 * i), name
         assert winner.data.metrics[node_key(METRIC_NODE_DURATION, name)] >= 0, name
+
+
+def test_a_losing_step_whose_delete_failed_deletes_its_run_on_the_retry(client, mlflow_server):
+    """A racing step that lost, and whose delete of its own run got a busy answer, retries
+    the whole resolution: it must still delete that run, not just find the winner and leave
+    a second active run of the job (seen once in CI under load, with 8 racing steps)."""
+    import threading
+
+    from kedro_vertex_hooks.resolve import RunSource, resolve_run
+    from kedro_vertex_hooks.rest_client import RestTrackingClient
+    from kedro_vertex_hooks.retry import OutageClock, retry_transient
+
+    experiment = "race-retry"
+    job_id = "job-race-retry"
+    client.create_experiment(experiment)
+    source = RunSource("job", None, job_id, "race-retry")
+    with MlflowProxy(mlflow_server.uri, latency_s=0) as proxy:
+        held_create = proxy.hold(CREATE_RUN, until=2, timeout_s=30)
+        proxy.fail(503, count=1, path_contains="runs/delete")
+        steps_client = RestTrackingClient(proxy.uri)
+        created: list[str] = []
+        chosen = []
+        step = threading.Thread(
+            target=lambda: chosen.append(
+                retry_transient(
+                    lambda: resolve_run(
+                        steps_client, source, proxy.uri, experiment, 0.2, created=created
+                    ),
+                    OutageClock(20),
+                    "race-retry",
+                )[0]
+            )
+        )
+        step.start()
+        deadline = time.monotonic() + 20
+        while held_create.arrived == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert held_create.arrived == 1, "the step searched, found nothing and sent its create"
+        # A racing step's run lands first, with an older start: it wins.
+        experiment_id = client.get_experiment_by_name(experiment).experiment_id
+        winner = client.create_run(
+            experiment_id,
+            start_time=int(time.time() * 1000) - 10_000,
+            tags={TAG_JOB_ID: job_id},
+        ).info.run_id
+        proxy.release_holds()
+        step.join(timeout=60)
+        deletes = proxy.stats().by_endpoint.get("POST /api/2.0/mlflow/runs/delete", 0)
+
+    assert chosen and chosen[0].run_id == winner
+    assert deletes == 2  # the busy answer, then the retry's delete
+    runs = client.search_runs([experiment_id], f"tags.{TAG_JOB_ID} = '{job_id}'", ViewType.ALL)
+    stages = {run.info.run_id: run.info.lifecycle_stage for run in runs}
+    assert sorted(stages.values()) == ["active", "deleted"]
+    assert stages[winner] == "active"
 
 
 def test_a_step_finding_a_run_stamped_in_the_future_waits_no_longer_than_the_settle(
