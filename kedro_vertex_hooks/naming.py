@@ -98,6 +98,15 @@ def clean_text(text: str) -> str:
     return "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in text)
 
 
+def error_text(error: BaseException) -> str:
+    """``<ExceptionType>: <message>`` as tag ``kedro.error`` shows it, within MLflow's limit."""
+    try:
+        message = str(error)
+    except Exception:
+        message = "<message unavailable>"
+    return trim(clean_text(f"{type(error).__name__}: {message}"), MAX_TAG_VALUE_LENGTH)
+
+
 def _has_surrogates(text: str) -> bool:
     try:
         text.encode("utf-8")

@@ -33,7 +33,6 @@ from kedro_vertex_hooks.datasets import artifact_destinations, metric_values
 from kedro_vertex_hooks.errors import UserError
 from kedro_vertex_hooks.naming import (
     DEFAULT_PIPELINE,
-    MAX_TAG_VALUE_LENGTH,
     METRIC_NODE_DURATION,
     METRIC_NODE_PEAK_RSS,
     NODE_COMPLETED,
@@ -50,10 +49,9 @@ from kedro_vertex_hooks.naming import (
     TAG_NODE_STARTED,
     TAG_NODE_STATUS,
     TAG_PIPELINE,
-    clean_text,
+    error_text,
     legal_key,
     node_key,
-    trim,
 )
 from kedro_vertex_hooks.params import prepare_params
 from kedro_vertex_hooks.resolve import (
@@ -91,15 +89,6 @@ def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MB (Linux reports KiB)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
-
-
-def error_text(error: BaseException) -> str:
-    """``<ExceptionType>: <message>`` as tag ``kedro.error`` shows it, within MLflow's limit."""
-    try:
-        message = str(error)
-    except Exception:
-        message = "<message unavailable>"
-    return trim(clean_text(f"{type(error).__name__}: {message}"), MAX_TAG_VALUE_LENGTH)
 
 
 @dataclass(frozen=True)
