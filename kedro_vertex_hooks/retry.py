@@ -135,7 +135,7 @@ def trouble_kind(exc: BaseException) -> Trouble | None:
     """``"busy"`` (429, 503, a read timeout, the SQL store's connection pool exhausted),
     ``"down"`` (no answer, other 5xx), or None when retrying cannot help. A TLS failure (an
     untrusted certificate) is not an outage."""
-    if any(sign in str(exc) for sign in _TLS_FAILURE_SIGNS):
+    if _mentions(exc, _TLS_FAILURE_SIGNS):
         return None
     mlflow_exceptions = sys.modules.get("mlflow.exceptions")  # never import MLflow for this
     rest_errors: tuple[type[BaseException], ...] = (RestApiError,)
@@ -143,7 +143,7 @@ def trouble_kind(exc: BaseException) -> Trouble | None:
         rest_errors += (mlflow_exceptions.RestException,)
     if isinstance(exc, rest_errors):
         status = exc.get_http_status_code()  # type: ignore[attr-defined]
-        if status in BUSY_STATUSES or any(sign in str(exc) for sign in _STORE_BUSY_SIGNS):
+        if status in BUSY_STATUSES or _mentions(exc, _STORE_BUSY_SIGNS):
             return "busy"
         return "down" if status >= 500 else None
     from requests.exceptions import ReadTimeout, RequestException
@@ -152,15 +152,19 @@ def trouble_kind(exc: BaseException) -> Trouble | None:
     if any(isinstance(e, ReadTimeout) for e in chain):
         return "busy"
     if mlflow_exceptions is not None and isinstance(exc, mlflow_exceptions.MlflowException):
-        text = str(exc)
-        if any(sign in text for sign in _BUSY_SIGNS):
+        if _mentions(exc, _BUSY_SIGNS):
             return "busy"
-        return "down" if any(sign in text for sign in _DOWN_SIGNS) else None
+        return "down" if _mentions(exc, _DOWN_SIGNS) else None
     # Network errors only: a local file error (an artifact gone, no permission) is not an
     # outage and must not be retried for the whole budget.
     if isinstance(exc, (ConnectionError, TimeoutError, RequestException)):
         return "busy" if "Read timed out" in str(exc) else "down"
     return None
+
+
+def _mentions(exc: BaseException, signs: tuple[str, ...]) -> bool:
+    text = str(exc)
+    return any(sign in text for sign in signs)
 
 
 def is_transient(exc: BaseException) -> bool:
