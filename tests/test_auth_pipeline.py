@@ -22,7 +22,7 @@ from tests.support.auth_stack import (
     google_free_env,
     install_third_party_provider,
 )
-from tests.support.project import SAMPLE_NODES, SAMPLE_STEPS, SKINNY_PYTHON, Project
+from tests.support.project import FULL_PYTHON, SAMPLE_NODES, SAMPLE_STEPS, Project
 
 REPO = Path(__file__).resolve().parents[1]
 IAM_ACCOUNT = "pipeline-tracker@fake-project.iam.gserviceaccount.com"
@@ -87,7 +87,7 @@ def assert_every_node_completed(client, run_id: str) -> None:
 def test_per_node_steps_with_each_provider_have_no_rejected_request(
     stack: AuthStack, env: dict[str, str], client, tmp_path: Path
 ) -> None:
-    project = Project.copy(tmp_path / "project")
+    project = Project.copy(tmp_path / "project", python=FULL_PYTHON)  # kedro-mlflow's image
     configs = provider_configs(stack)
     for conf_env, provider in configs.items():
         write_mlflow_yml(project, conf_env, stack, provider)
@@ -115,7 +115,7 @@ def test_client_only_image_authenticates_over_rest_and_when_mlflow_is_imported_l
     """mlflow-skinny without kedro-mlflow: steps talk REST with the provider's token, and the
     report's artifact upload, which imports MLflow mid-step, gets the same provider through
     the package's ``mlflow.request_header_provider`` entry point."""
-    project = Project.copy(tmp_path / "project", python=SKINNY_PYTHON)
+    project = Project.copy(tmp_path / "project")
     write_mlflow_yml(project, "local", stack, provider_configs(stack)["oauth"])
     run_id = client.create_run(client.create_experiment("auth-client-only")).info.run_id
     env["MLFLOW_RUN_ID"] = run_id
@@ -151,7 +151,7 @@ def test_parallel_runner_spawn_workers_authenticate_as_tokens_expire(
 def test_kedro_mlflow_hook_registering_the_same_provider_sends_one_authorization(
     stack: AuthStack, env: dict[str, str], client, tmp_path: Path
 ) -> None:
-    project = Project.copy(tmp_path / "project")
+    project = Project.copy(tmp_path / "project", python=FULL_PYTHON)
     settings = project.root / "src" / "sample_project" / "settings.py"
     settings.write_text(settings.read_text().replace("DISABLE_HOOKS_FOR_PLUGINS", "_NOT_USED"))
     provider = {"type": OAUTH_PATH, "init_kwargs": {"client_id": AUDIENCE}}

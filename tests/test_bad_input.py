@@ -23,7 +23,7 @@ from kedro_vertex_hooks.naming import (
 )
 from tests.support.generated_project import generate_project
 from tests.support.odd_values import EXPECTED_TEXT
-from tests.support.project import REPO, Project, base_env
+from tests.support.project import FULL_PYTHON, REPO, Project, base_env
 
 NODES = """
 import os
@@ -81,6 +81,7 @@ def make_project(tmp_path, **files: str) -> Project:
         tmp_path / "project",
         NODES,
         settings_prelude=ODD_VALUES_HOOK,
+        python=FULL_PYTHON,  # the odd values are numpy's and pydantic's
         extra_hooks="OddParameterValues(),",
         conf=conf,
     )

@@ -31,7 +31,7 @@ def test_the_client_only_install_lacks_the_server_stack_and_kedro_mlflow():
 def test_per_node_steps_on_mlflow_skinny_log_the_hook_option_datasets(
     client, mlflow_server, tmp_path
 ):
-    project = Project.copy(tmp_path / "project", python=SKINNY_PYTHON)
+    project = Project.copy(tmp_path / "project")
     run_id = client.create_run(client.create_experiment("client-only")).info.run_id
     runs_before = every_run_id(client)
     env = base_env(MLFLOW_TRACKING_URI=mlflow_server.uri, MLFLOW_RUN_ID=run_id)

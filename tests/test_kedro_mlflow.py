@@ -24,7 +24,7 @@ from kedro_vertex_hooks.naming import (
     TAG_PARAM_CONFLICT,
     node_key,
 )
-from tests.support.project import SAMPLE_NODES, Project, base_env
+from tests.support.project import FULL_PYTHON, SAMPLE_NODES, Project, base_env
 from tests.support.tracked import artifact_json, every_run_id, local_json
 
 ENV = "kedro_mlflow"
@@ -119,7 +119,7 @@ def assert_kedro_mlflow_report(client, run, project: Project, tmp_path: Path) ->
 
 
 def test_per_node_steps_beside_an_active_kedro_mlflow_hook(client, mlflow_server, tmp_path):
-    project = Project.copy(tmp_path / "project")
+    project = Project.copy(tmp_path / "project", python=FULL_PYTHON)
     experiment = "kedro-mlflow-active"
     activate_kedro_mlflow(project, mlflow_server.uri, experiment)
     experiment_id = client.create_experiment(experiment)
@@ -181,7 +181,7 @@ def test_per_node_steps_beside_an_active_kedro_mlflow_hook(client, mlflow_server
 def test_runners_beside_an_active_kedro_mlflow_hook(
     client, mlflow_server, tmp_path, runner, mp_context
 ):
-    project = Project.copy(tmp_path / "project")
+    project = Project.copy(tmp_path / "project", python=FULL_PYTHON)
     experiment = f"kedro-mlflow-{runner}"
     activate_kedro_mlflow(project, mlflow_server.uri, experiment)
     dict_params = {"flatten": True, "recursive": False, "sep": "/"}
@@ -214,7 +214,7 @@ def test_parallel_spawn_workers_log_hook_options_and_kedro_mlflow_metrics(
 ):
     """sample_project's own settings (hook options, kedro-mlflow disabled), which spawned
     workers never load: kedro-mlflow's hook is registered there anyway and must stay idle."""
-    project = Project.copy(tmp_path / "project")
+    project = Project.copy(tmp_path / "project", python=FULL_PYTHON)
     drop_artifact_dataset(project)  # the report goes through the hook option instead
     run_id = client.create_run(client.create_experiment("kedro-mlflow-spawn")).info.run_id
     runs_before = every_run_id(client)

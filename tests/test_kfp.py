@@ -25,7 +25,7 @@ from kedro_vertex_hooks.naming import (
     TAG_RUN_NOTE,
     node_key,
 )
-from tests.support.project import REPO, SAMPLE_NODES, Project, base_env
+from tests.support.project import FULL_PYTHON, REPO, SAMPLE_NODES, Project, base_env
 
 MAIN_JOB = REPO / "scripts" / "run_kfp_local.py"
 
@@ -49,7 +49,7 @@ KEDRO_PARENTS = {
 
 @pytest.fixture(scope="module")
 def kfp_project(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    return Project.copy(tmp_path_factory.mktemp("kfp") / "project")
+    return Project.copy(tmp_path_factory.mktemp("kfp") / "project", python=FULL_PYTHON)
 
 
 def main_job(project: Project, server, run_name: str, *extra: str) -> str:

@@ -49,12 +49,14 @@ def generate_project(
     extra_hooks: str = "",
     settings_prelude: str = "",
     conf: Mapping[str, str] | None = None,
+    python: Path | None = None,
 ) -> Project:
     """Write a project whose ``tiny_project.nodes.create_pipeline()`` is the pipeline.
 
     ``hook_options`` is the argument text of ``MlflowRunHooks(...)``; ``extra_hooks`` more
     hook instances (text) defined in ``settings_prelude``; ``conf`` maps paths under
-    ``conf/`` (``"base/parameters.yml"``) to their text.
+    ``conf/`` (``"base/parameters.yml"``) to their text; ``python`` is the step image's
+    interpreter (the client-only one unless given).
     """
     package = root / "src" / PACKAGE
     settings = _SETTINGS.format(
@@ -75,7 +77,7 @@ def generate_project(
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(text).lstrip("\n"))
-    return Project(root)
+    return Project(root, python)
 
 
 def write_logging_config(path: Path, level: str = "INFO") -> str:

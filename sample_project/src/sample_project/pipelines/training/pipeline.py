@@ -12,11 +12,33 @@ from sample_project.pipelines.training import nodes as n
 def create_pipeline() -> Pipeline:
     return Pipeline(
         [
-            node(n.make_raw_data, "params:data", "raw_data", name="make_raw_data"),
-            node(n.clean_data, ["raw_data", "params:cleaning"], "clean_data", name="clean_data"),
-            node(n.split_train, ["clean_data", "params:split"], "train_set", name="split_train"),
-            node(n.split_test, ["clean_data", "params:split"], "test_set", name="split_test"),
-            node(n.compute_stats, "clean_data", "data_stats", name="compute_stats"),
+            node(
+                n.make_raw_data, "params:data", "raw_data", name="make_raw_data", tags="group.prep"
+            ),
+            node(
+                n.clean_data,
+                ["raw_data", "params:cleaning"],
+                "clean_data",
+                name="clean_data",
+                tags="group.prep",
+            ),
+            node(
+                n.split_train,
+                ["clean_data", "params:split"],
+                "train_set",
+                name="split_train",
+                tags="group.prep",
+            ),
+            node(
+                n.split_test,
+                ["clean_data", "params:split"],
+                "test_set",
+                name="split_test",
+                tags="group.prep",
+            ),
+            node(
+                n.compute_stats, "clean_data", "data_stats", name="compute_stats", tags="group.prep"
+            ),
             node(
                 n.train_linear,
                 ["train_set", "params:model.linear"],
