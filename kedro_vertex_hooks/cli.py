@@ -228,6 +228,7 @@ def finalize_command(
                 target,
                 pipeline_node_names,
                 state,
+                project=metadata.project_name,
             )
 
         result = _with_retries(

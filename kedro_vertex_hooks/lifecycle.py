@@ -124,6 +124,7 @@ def plan_finalize(
     metrics: Mapping[str, float],
     pipeline_nodes: Sequence[str],
     orchestrator_state: str | None,
+    project: str | None = None,
 ) -> FinalizePlan:
     """Decide the terminal status, the lost nodes and the summary from the run's data."""
     before = RunSummary.from_run_data(current_status, tags, metrics, pipeline_nodes)
@@ -133,7 +134,7 @@ def plan_finalize(
     status = terminal_status(
         current_status, provisional.nodes, orchestrator_state, TAG_FAILED_NODE in tags
     )
-    summary = RunSummary.from_run_data(status, after_tags, metrics, pipeline_nodes)
+    summary = RunSummary.from_run_data(status, after_tags, metrics, pipeline_nodes, project)
     note = render_note(summary)
     changed_tags = dict(lost)
     if tags.get(TAG_RUN_NOTE) != note:
@@ -215,6 +216,7 @@ def finalize(
     run_id: str,
     node_names_for: Callable[[str], Sequence[str]],
     orchestrator_state: str | None = None,
+    project: str | None = None,
 ) -> FinalizeResult:
     """Close the run: terminal status, lost nodes, summary note and ``timeline.html``.
 
@@ -231,6 +233,7 @@ def finalize(
         metrics,
         node_names_for(pipeline_name),
         normalise_state(orchestrator_state),
+        project,
     )
     result = FinalizeResult(run_id=run_id, status=plan.status, lost_nodes=plan.lost_nodes)
     if plan.tags:

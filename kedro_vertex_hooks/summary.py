@@ -38,6 +38,8 @@ from kedro_vertex_hooks.naming import (
 NODE_NOT_RUN = "not run"  # display only: a pipeline node without any status tag
 TIMELINE_ARTIFACT = "timeline.html"
 NOTE_ERROR_CHARS = 2000  # the whole error stays in tag kedro.error
+HEADLINE_ERROR_CHARS = 160  # the error's first line, as the description's first line quotes it
+NOTE_NODE_CHARS = 48  # a node name in the description's table (the timeline has it whole)
 _NOTE_RESERVE = 100  # room for the "... and N more" line
 
 OUTCOME_WORDS = {
@@ -61,6 +63,16 @@ class NodeRecord:
     peak_rss_mb: float | None = None
     host: str | None = None
 
+    @property
+    def elapsed_s(self) -> float | None:
+        """The node's measured duration, else its end minus its start (a failed node has no
+        duration metric), else None."""
+        if self.duration_s is not None:
+            return self.duration_s
+        if self.started_at and self.ended_at:
+            return (self.ended_at - self.started_at).total_seconds()
+        return None
+
 
 @dataclass(frozen=True)
 class RunSummary:
@@ -73,6 +85,7 @@ class RunSummary:
     pipeline: str | None = None
     job_id: str | None = None
     job_name: str | None = None
+    project: str | None = None  # the Kedro project's name, when the caller knows it
 
     @classmethod
     def from_run_data(
@@ -81,6 +94,7 @@ class RunSummary:
         tags: Mapping[str, str],
         metrics: Mapping[str, float],
         pipeline_nodes: Sequence[str] = (),
+        project: str | None = None,
     ) -> RunSummary:
         return cls(
             status=status,
@@ -90,6 +104,7 @@ class RunSummary:
             pipeline=tags.get(TAG_PIPELINE),
             job_id=tags.get(TAG_JOB_ID),
             job_name=tags.get(TAG_JOB_NAME),
+            project=project,
         )
 
     def count(self, node_status: str) -> int:
@@ -191,28 +206,47 @@ def format_time(moment: datetime | None) -> str:
 
 
 def outcome_line(summary: RunSummary) -> str:
-    """One line: the run's status, what it means, and how many nodes got where."""
+    """The description's first line, all a person needs when MLflow collapses the rest: the
+    status, the failed node and the first line of its error."""
+    words = OUTCOME_WORDS.get(summary.status, summary.status.lower())
+    line = f"**{escape_markdown(summary.status)}**: the pipeline {words}"
+    if summary.failed_node:
+        line += f" at node **{escape_markdown(summary.failed_node)}**"
+    if summary.error:
+        first = summary.error.strip().splitlines()[0] if summary.error.strip() else ""
+        line += f": {escape_markdown(trim(first, HEADLINE_ERROR_CHARS))}"
+    return line
+
+
+def counts_line(summary: RunSummary) -> str:
+    """How many nodes got where, then which pipeline and job: the second line."""
     total = len(summary.nodes)
     counts = [f"{summary.count(NODE_COMPLETED)} of {total} nodes completed"]
     for node_status in (NODE_FAILED, NODE_LOST, NODE_RUNNING, NODE_NOT_RUN):
         if summary.count(node_status):
             counts.append(f"{summary.count(node_status)} {node_status}")
-    words = OUTCOME_WORDS.get(summary.status, summary.status.lower())
-    return f"**{escape_markdown(summary.status)}**: the pipeline {words}; " + ", ".join(counts)
+    facts = [", ".join(counts)]
+    if summary.pipeline:
+        facts.append(f"pipeline {escape_markdown(summary.pipeline)}")
+    if summary.job_name:
+        facts.append(f"job {escape_markdown(summary.job_name)}")
+    if summary.job_id:
+        facts.append(f"job id {escape_markdown(summary.job_id)}")
+    return " · ".join(facts)
 
 
 def render_note(summary: RunSummary) -> str:
     """The run description (``mlflow.note.content``), markdown as the MLflow UI renders it.
 
-    It fits in one MLflow tag: the error is cut to ``NOTE_ERROR_CHARS`` and, for very large
-    pipelines, the table ends with a line saying how many nodes only the timeline shows.
+    The first two lines say everything at a glance (they stay visible when MLflow collapses a
+    long description); the node table is a monospaced block, which every markdown renderer
+    shows aligned. It fits in one MLflow tag: the error is cut to ``NOTE_ERROR_CHARS`` and,
+    for very large pipelines, the table ends with a line saying how many nodes only the
+    timeline shows.
     """
-    head = [outcome_line(summary), ""]
-    if summary.failed_node or summary.error:
-        head += [f"**Failed node:** {escape_markdown(summary.failed_node or 'unknown')}", ""]
-        if summary.error:
-            error = trim(summary.error, NOTE_ERROR_CHARS)
-            head += ["**Error:**", "", markdown_code_block(error), ""]
+    head = [outcome_line(summary) + "  ", counts_line(summary), ""]
+    if summary.error:
+        head += ["**Error:**", "", markdown_code_block(trim(summary.error, NOTE_ERROR_CHARS)), ""]
     lost = [escape_markdown(node.name) for node in summary.nodes if node.status == NODE_LOST]
     if lost:
         names = trim(", ".join(lost), NOTE_ERROR_CHARS)
@@ -221,40 +255,51 @@ def render_note(summary: RunSummary) -> str:
             "(killed, out of memory, preempted).",
             "",
         ]
-    head += [
-        "| # | Node | Status | Started (UTC) | Duration | Peak memory | Host |",
-        "|---:|---|---|---|---:|---:|---|",
-    ]
-    details = []
-    if summary.pipeline:
-        details.append(f"Kedro pipeline: {escape_markdown(summary.pipeline)}")
-    details.append(f"Orchestrator job id: {escape_markdown(summary.job_id or 'none')}")
-    details.append(f"Job name: {escape_markdown(summary.job_name or 'none')}")
-    foot = ["", "  \n".join(details)]
+    head.append("**Nodes** (in the order they started; times UTC):")
+    foot = [f"Timeline: artifact {TIMELINE_ARTIFACT}."]
 
+    cells = [_NODE_COLUMNS] + [
+        _node_cells(index, node) for index, node in enumerate(summary.nodes, start=1)
+    ]
+    widths = [max(len(row[column]) for row in cells) for column in range(len(_NODE_COLUMNS))]
+    lines = [_text_row(row, widths) for row in cells]
     room = MAX_TAG_VALUE_LENGTH - len("\n".join(head + foot)) - _NOTE_RESERVE
-    rows: list[str] = []
-    for index, node in enumerate(summary.nodes, start=1):
-        row = "| " + " | ".join(_note_cells(index, node)) + " |"
-        room -= len(row) + 1
+    shown: list[str] = []
+    for line in lines:
+        room -= len(line) + 1
         if room < 0:
-            left = len(summary.nodes) - len(rows)
-            rows += ["", f"... and {left} more node(s): see {TIMELINE_ARTIFACT}."]
+            left = len(lines) - len(shown)
+            shown.append(f"... and {left} more node(s): see {TIMELINE_ARTIFACT}.")
             break
-        rows.append(row)
-    return "\n".join(head + rows + foot) + "\n"
+        shown.append(line)
+    return "\n".join([*head, "", markdown_code_block("\n".join(shown)), "", *foot]) + "\n"
 
 
-def _note_cells(index: int, node: NodeRecord) -> list[str]:
-    return [
+_NODE_COLUMNS = ("#", "node", "status", "started", "duration", "peak memory", "host")
+_RIGHT_ALIGNED = {0, 4, 5}
+
+
+def _node_cells(index: int, node: NodeRecord) -> tuple[str, ...]:
+    name = " ".join(node.name.split())
+    if len(name) > NOTE_NODE_CHARS:
+        name = name[: NOTE_NODE_CHARS - 1] + "…"
+    return (
         str(index),
-        escape_markdown(node.name),
-        escape_markdown(node.status),
+        name,
+        node.status,
         format_time(node.started_at),
-        format_duration(node.duration_s),
+        format_duration(node.elapsed_s),
         format_memory(node.peak_rss_mb),
-        escape_markdown(node.host or ""),
+        " ".join((node.host or "").split()),
+    )
+
+
+def _text_row(cells: Sequence[str], widths: Sequence[int]) -> str:
+    padded = [
+        cell.rjust(width) if column in _RIGHT_ALIGNED else cell.ljust(width)
+        for column, (cell, width) in enumerate(zip(cells, widths, strict=True))
     ]
+    return "  ".join(padded).rstrip()
 
 
 # -- timeline.html -----------------------------------------------------------------------------

@@ -22,7 +22,8 @@ from kedro_vertex_hooks.naming import (
     node_key,
 )
 from kedro_vertex_hooks.summary import RunSummary, format_duration, format_memory, render_note
-from kedro_vertex_hooks.timeline import STATUS_COLOURS, render_timeline
+from kedro_vertex_hooks.timeline import STATUS_COLOURS, render_timeline, tick_label
+from tests.support.tracked import note_node_rows, note_node_table
 
 HOSTILE = "score|<script>alert(1)</script>*x*"  # a node name that must stay inert
 
@@ -58,36 +59,45 @@ def failed_run() -> RunSummary:
     return RunSummary.from_run_data("FAILED", tags, metrics, pipeline)
 
 
-def table_rows(note: str) -> list[list[str]]:
-    """Cells of the markdown table's body rows, split on unescaped pipes."""
-    rows = [line for line in note.splitlines() if re.match(r"^\| \d+ \|", line)]
-    return [[c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]] for row in rows]
-
-
-def test_note_puts_outcome_then_failure_then_nodes_in_run_order_then_job():
+def test_note_says_outcome_failed_node_and_error_in_its_first_line():
     note = render_note(failed_run())
     lines = note.splitlines()
 
-    assert lines[0].startswith("**FAILED**")
-    assert "2 of 4 nodes completed, 1 failed, 1 not run" in lines[0]
-    failure_at = note.index("**Failed node:**")
-    assert failure_at < note.index("| # | Node |")
-    rows = table_rows(note)
-    assert [row[2] for row in rows] == ["completed", "completed", "failed", "not run"]
-    assert rows[0][1] == "prepare" and rows[1][1] == "train\\_b" and rows[3][1] == "report"
-    assert rows[0][4:] == ["2.9 s", "310 MB", "pod\\-a"]
-    assert rows[1][4:] == ["1 min 15 s", "2.0 GB", "pod\\-b"]
-    assert note.index("Orchestrator job id: 8123") > note.index("| 4 |")
-    assert "sample\\-pipeline\\-20261126" in note
+    assert lines[0].startswith("**FAILED**: the pipeline failed at node **score\\|")
+    assert lines[0].endswith(": ValueError: bad \\| input  ")  # first line of the error only
+    assert lines[1].startswith("2 of 4 nodes completed, 1 failed, 1 not run · pipeline")
+    assert "job sample\\-pipeline\\-20261126 · job id 8123" in lines[1]
+    clean = RunSummary.from_run_data(
+        "FINISHED", node_tags("prepare", "completed", "00:01.000", "00:04.000", "h"), {}
+    )
+    assert render_note(clean).splitlines()[:2] == [
+        "**FINISHED**: the pipeline succeeded  ",
+        "1 of 1 nodes completed",
+    ]
 
 
-def test_note_escapes_node_names_and_keeps_the_error_verbatim():
+def test_note_lists_nodes_in_run_order_in_an_aligned_table():
     note = render_note(failed_run())
-    rows = table_rows(note)
+    table = note_node_table(note)
+    rows = note_node_rows(note)
 
-    assert all(len(row) == 7 for row in rows)  # the pipe in the node name split no cell
-    assert "<script>" not in note and "&lt;script\\>" in rows[2][1]
-    assert "\\*x\\*" in rows[2][1]
+    assert table[0].split() == ["#", "node", "status", "started", "duration", "peak", "memory",
+                                "host"]  # fmt: skip
+    assert [row[2] for row in rows] == ["completed", "completed", "failed", "not run"]
+    assert rows[0][:2] == ["1", "prepare"] and rows[1][1] == "train_b" and rows[3][1] == "report"
+    assert rows[0][3:] == ["06:00:01", "2.9 s", "310 MB", "pod-a"]
+    assert rows[1][3:] == ["06:00:05", "1 min 15 s", "2.0 GB", "pod-b"]
+    assert rows[2][3:] == ["06:00:05", "3.8 s", "pod-c"]  # a failed node: end minus start
+    status_column = table[0].index("status")
+    assert all(line[status_column - 2 : status_column] == "  " for line in table)  # aligned
+
+
+def test_note_keeps_node_names_and_the_error_verbatim_inside_code_blocks():
+    note = render_note(failed_run())
+    outside = re.sub(r"^(`{3,})text$.*?^\1$", "", note, flags=re.MULTILINE | re.DOTALL)
+
+    assert "<script>" not in outside  # escaped wherever markdown would interpret it
+    assert HOSTILE in note_node_table(note)[3]  # verbatim in the monospaced block
     fence = re.search(r"^(`{4,})text$", note, re.MULTILINE)
     assert fence is not None  # longer than the ``` inside the error, so the error cannot end it
     block = note.split(fence.group(0) + "\n", 1)[1].split("\n" + fence.group(1), 1)[0]
@@ -123,11 +133,19 @@ def test_timeline_is_self_contained_and_escapes_user_text():
     assert "ValueError: bad | input" in "".join(parsed.text)
 
 
+def svg_of(page: str) -> ET.Element:
+    return ET.fromstring(page[page.index("<svg") : page.index("</svg>") + len("</svg>")])
+
+
+def bars_of(svg: ET.Element) -> list[ET.Element]:
+    return [rect for rect in svg.iter("rect") if rect.get("class") == "bar"]
+
+
 def test_timeline_draws_one_bar_per_started_node_coloured_by_status_with_a_legend():
     summary = failed_run()
     page = render_timeline(summary)
-    svg = ET.fromstring(page[page.index("<svg") : page.index("</svg>") + len("</svg>")])
-    bars = svg.findall(".//rect")
+    svg = svg_of(page)
+    bars = bars_of(svg)
 
     assert [bar.get("fill") for bar in bars] == [
         STATUS_COLOURS["completed"],
@@ -138,11 +156,35 @@ def test_timeline_draws_one_bar_per_started_node_coloured_by_status_with_a_legen
     prepare, train_b, _ = (float(bar.get("width")) for bar in bars)
     assert abs(train_b / prepare - 15.5 / 3.0) < 0.05
     assert float(bars[1].get("x")) > float(bars[0].get("x")) + float(bars[0].get("width"))
-    labels = [text.text for text in svg.iter("text") if text.get("class") == "label"]
+    labels = [text.text for text in svg.iter("text") if "label" in (text.get("class") or "")]
     assert labels[-1] == "report"
-    legend = page[page.index('class="legend"') :]
+    legend = page[page.index('class="legend"') : page.index("<svg")]
     for status in ("completed (2)", "failed (1)", "not run (1)"):
         assert status in legend
+    assert "lost" not in legend and "running" not in legend  # no entries for nobody
+
+
+def test_timeline_fits_its_container_and_marks_the_failed_row():
+    summary = failed_run()
+    page = render_timeline(summary)
+    svg = svg_of(page)
+
+    assert svg.get("width") == "100%" and svg.get("viewBox", "").startswith("0 0 ")
+    view_width = float(svg.get("viewBox").split()[2])
+    assert view_width <= 870  # MLflow's artifact pane: no scaling below ~0.9 at 800 px
+    failed_rows = [rect for rect in svg.iter("rect") if rect.get("class") == "failed-row"]
+    assert len(failed_rows) == 1 and float(failed_rows[0].get("width")) == view_width
+    failed_label = [t for t in svg.iter("text") if t.get("class") == "label failed"]
+    assert [t.text for t in failed_label] == [HOSTILE[:27] + "…"]  # the tooltip has it whole
+    assert "failed, 3.8 s" in [t.text for t in svg.iter("text") if t.get("class") == "after"]
+    assert "2026-11-26, 06:00:01 to 06:00:20 UTC (19.5 s)" in page
+    assert "<title>pipeline __default__: timeline</title>" in page
+
+
+def test_axis_ticks_say_exactly_where_they_stand():
+    assert [tick_label(s) for s in (0, 15, 60, 75, 90, 3600, 5400)] == [
+        "0 s", "15 s", "1 min", "1 min 15 s", "1 min 30 s", "1 h", "1 h 30 min",
+    ]  # fmt: skip
 
 
 def test_a_node_without_end_is_drawn_to_the_end_of_the_chart_and_named_by_status():
@@ -152,15 +194,12 @@ def test_a_node_without_end_is_drawn_to_the_end_of_the_chart_and_named_by_status
     }
     summary = RunSummary.from_run_data("KILLED", tags, {}, ["a", "b"])
     page = render_timeline(summary)
-    svg = ET.fromstring(page[page.index("<svg") : page.index("</svg>") + len("</svg>")])
-    lost_bar = svg.findall(".//rect")[1]
+    svg = svg_of(page)
+    first_bar, lost_bar = bars_of(svg)
 
     assert lost_bar.get("fill") == STATUS_COLOURS["lost"]
     assert lost_bar.get("stroke-dasharray")
-    assert (
-        abs(float(lost_bar.get("width")) / float(svg.findall(".//rect")[0].get("width")) - 0.8)
-        < 0.01
-    )
+    assert abs(float(lost_bar.get("width")) / float(first_bar.get("width")) - 0.8) < 0.01
     assert "lost" in [text.text for text in svg.iter("text") if text.get("class") == "after"]
 
 
@@ -189,7 +228,7 @@ def test_the_note_of_a_huge_pipeline_with_a_huge_error_fits_in_one_mlflow_tag():
     note = render_note(RunSummary.from_run_data("FAILED", tags, {}, names))
 
     assert len(note) <= MAX_TAG_VALUE_LENGTH
-    shown = len(table_rows(note))
+    shown = len(note_node_rows(note))
     assert 10 < shown < 400
     assert f"... and {400 - shown} more node(s): see timeline.html." in note
     assert "...[truncated]" in note  # the error block, cut and marked

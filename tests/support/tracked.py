@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +43,18 @@ def assert_finished_with_every_node_completed(run: Any) -> None:
         assert run.data.params[key] == value, key
     for name in SAMPLE_NODES:
         assert run.data.tags[node_key(TAG_NODE_STATUS, name)] == "completed", name
+
+
+def note_node_table(note: str) -> list[str]:
+    """The lines of the run description's node table (a fenced, monospaced block)."""
+    after = note.split("**Nodes**", 1)[1]
+    fence = re.search(r"^(`{3,})text$", after, re.MULTILINE)
+    assert fence is not None, after
+    block = after.split(fence.group(0) + "\n", 1)[1]
+    return block.split("\n" + fence.group(1), 1)[0].splitlines()
+
+
+def note_node_rows(note: str) -> list[list[str]]:
+    """The cells of the node table's rows (columns are apart by two or more spaces)."""
+    rows = note_node_table(note)[1:]
+    return [re.split(r" {2,}", line.strip()) for line in rows if not line.startswith("...")]
