@@ -8,5 +8,5 @@ export KEDRO_DISABLE_TELEMETRY=1 MLFLOW_DISABLE_TELEMETRY=true
 .venv/bin/ruff format --check .
 # Three workers on 2 cores: the suite is CPU-bound (kedro processes of several images), but
 # with two the cores idle while a test waits out an outage or a server's start
-# (docs/development.md: 1153 s with -n 2, 1032 s with -n 3, same tree).
+# (docs/development.md).
 exec .venv/bin/python -m pytest -n 3 "$@"

@@ -1,7 +1,9 @@
 """sample_project as a KFP v2 pipeline: run by the README's main job on KFP's local runner.
 
 Two full pipeline runs (clean and failing) of ``scripts/run_kfp_local.py``, each step a real
-``kedro`` process, against a real MLflow server; plus the compiled YAML spec for Vertex AI.
+``kedro`` process, against a real MLflow server, read through its API and looked at in
+MLflow's UI with headless Chromium (1400x1000, no scrolling; screenshots in
+test-artifacts/browser); plus the compiled YAML spec for Vertex AI.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from kedro_vertex_hooks.naming import (
     TAG_RUN_NOTE,
     node_key,
 )
+from tests.support.browser import VIEWPORT, Browser, chromium
 from tests.support.project import FULL_PYTHON, REPO, SAMPLE_NODES, Project, base_env
+from tests.support.tracked import note_node_rows
 
 MAIN_JOB = REPO / "scripts" / "run_kfp_local.py"
 
@@ -61,8 +65,25 @@ def main_job(project: Project, server, run_name: str, *extra: str) -> str:
         text=True,
         timeout=900,
     )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    log = log_file(result.stdout)
+    tail = log.read_text(errors="replace")[-5000:] if log and log.exists() else ""
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:] + tail
     return result.stdout
+
+
+def log_file(stdout: str) -> Path | None:
+    """The log file the job names in its first lines (all of Kedro's and KFP's output)."""
+    found = re.search(r"^Every log line goes to (\S+) ", stdout, re.MULTILINE)
+    return Path(found.group(1)) if found else None
+
+
+def step_lines(stdout: str) -> dict[str, list[str]]:
+    """The live view: for each step, the words printed as it started and ended."""
+    seen: dict[str, list[str]] = {}
+    for line in stdout.splitlines():
+        if found := re.match(r"^  (\w+) +(\S+)", line):
+            seen.setdefault(found.group(2), []).append(found.group(1))
+    return seen
 
 
 def the_run(client, stdout: str, run_name: str):
@@ -91,11 +112,63 @@ class _Page(HTMLParser):
         self.text += data
 
 
+def assert_seen(browser: Browser, text: str) -> None:
+    """``text`` is on screen, not covered, clipped or below the fold (no scrolling)."""
+    found = browser.find_text(text)
+    assert found is not None, f"{text!r} is not on the page"
+    assert found.visible and found.bottom <= VIEWPORT[1], (text, found)
+
+
+# In timeline.html, inside MLflow's artifact frame: the frame's view and every row's label.
+TIMELINE_ROWS = """
+const root = document.documentElement;
+const rows = [...document.querySelectorAll('svg text.label')].map((el) => {
+  const r = el.getBoundingClientRect();
+  return {text: el.textContent, failed: el.classList.contains('failed'),
+          top: r.top, bottom: r.bottom, right: r.right};
+});
+return {width: root.clientWidth, height: root.clientHeight,
+        overflowX: root.scrollWidth - root.clientWidth, rows: rows};
+"""
+
+
+def look_at_run(
+    browser: Browser, server, run, name: str, must_see: list[str], failed: str | None = None
+) -> None:
+    """The run's page, then its timeline.html in the artifact view, as a person opens them."""
+    page = f"{server.uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    browser.get(page, wait_for=must_see[0])
+    browser.screenshot(f"{name}-run-page")
+    for text in must_see:
+        assert_seen(browser, text)
+
+    browser.get(f"{page}/artifacts", wait_for=TIMELINE_ARTIFACT)
+    browser.click_text(TIMELINE_ARTIFACT)
+    frame = browser.wait_for_element("iframe")
+    browser.screenshot(f"{name}-timeline")
+    box = frame.rect
+    assert box["y"] >= 0 and box["y"] + box["height"] <= VIEWPORT[1], box
+    inside = browser.in_frame(frame, TIMELINE_ROWS)
+    assert inside["overflowX"] <= 0, f"the timeline is wider than its pane: {inside}"
+    labels = [row["text"] for row in inside["rows"]]
+    assert sorted(labels) == sorted(SAMPLE_NODES), labels
+    assert [row["text"] for row in inside["rows"] if row["failed"]] == ([failed] if failed else [])
+    for row in inside["rows"]:  # every row inside the frame's view, the frame in the window's
+        assert row["top"] >= 0 and row["bottom"] <= inside["height"], row
+        assert row["right"] <= inside["width"], row
+        assert box["y"] + row["bottom"] <= VIEWPORT[1], row
+
+
 def test_clean_pipeline_leaves_one_finished_run_with_summary_and_timeline(
     client, mlflow_server, kfp_project, tmp_path
 ):
     stdout = main_job(kfp_project, mlflow_server, "kfp-clean")
 
+    assert len(stdout.splitlines()) <= 40, stdout  # a short, live view; the logs in a file
+    steps = step_lines(stdout)
+    assert all(steps[name] == ["started", "SUCCESS"] for name in SAMPLE_NODES), stdout
+    assert steps["start-run-step"] == steps["finalize-step"] == ["started", "SUCCESS"]
+    assert "Running node: publish" in log_file(stdout).read_text()
     run = the_run(client, stdout, "kfp-clean")
     assert run.info.status == "FINISHED"
     assert "Status:        FINISHED" in stdout
@@ -104,11 +177,11 @@ def test_clean_pipeline_leaves_one_finished_run_with_summary_and_timeline(
     for name in SAMPLE_NODES:
         assert tags[node_key(TAG_NODE_STATUS, name)] == "completed", name
     note = tags[TAG_RUN_NOTE]
-    assert note.startswith("**FINISHED**: the pipeline succeeded; 13 of 13 nodes completed")
-    rows = [line for line in note.splitlines() if re.match(r"^\| \d+ \|", line)]
-    assert len(rows) == 13 and all("| completed |" in row for row in rows)
-    assert f"Orchestrator job id: {tags[TAG_JOB_ID]}" in note
-    ran = [row.split("|")[2].strip().replace("\\", "") for row in rows]
+    assert note.startswith("**FINISHED**: the pipeline succeeded  \n13 of 13 nodes completed")
+    rows = note_node_rows(note)
+    assert len(rows) == 13 and all(row[2] == "completed" for row in rows)
+    assert f"job id {tags[TAG_JOB_ID]}" in note.replace("\\", "")  # markdown escapes
+    ran = [row[1] for row in rows]
     for name, parents in KEDRO_PARENTS.items():  # in the order they ran
         assert all(ran.index(parent) < ran.index(name) for parent in parents), name
 
@@ -121,12 +194,20 @@ def test_clean_pipeline_leaves_one_finished_run_with_summary_and_timeline(
     assert parsed.elements.count("rect") == 13
     assert all(name in parsed.text for name in SAMPLE_NODES)
 
+    with chromium() as browser:  # what a person sees in MLflow's UI, without scrolling
+        must_see = ["FINISHED: the pipeline succeeded", "13 of 13 nodes completed", "Finished"]
+        look_at_run(browser, mlflow_server, run, "clean", must_see)
+
 
 def test_failing_pipeline_still_runs_the_exit_handler_and_leaves_one_failed_run(
     client, mlflow_server, kfp_project
 ):
     stdout = main_job(kfp_project, mlflow_server, "kfp-failing", "--fail")
 
+    steps = step_lines(stdout)
+    assert steps["quality_gate"] == ["started", "FAILURE"], stdout
+    assert "publish" not in steps and steps["finalize-step"] == ["started", "SUCCESS"], stdout
+    assert "Summary:       FAILED: the pipeline failed at node quality_gate: ValueError" in stdout
     run = the_run(client, stdout, "kfp-failing")
     assert run.info.status == "FAILED"
     tags = run.data.tags
@@ -135,11 +216,21 @@ def test_failing_pipeline_still_runs_the_exit_handler_and_leaves_one_failed_run(
     assert tags[node_key(TAG_NODE_STATUS, "quality_gate")] == "failed"
     assert node_key(TAG_NODE_STATUS, "publish") not in tags  # KFP skipped it
     note = tags[TAG_RUN_NOTE]  # written by the exit handler only
-    assert note.startswith("**FAILED**: the pipeline failed; 11 of 13 nodes completed")
-    assert note.index("**Failed node:** quality\\_gate") < note.index("| # | Node |")
-    assert "ValueError: quality gate rejected the model" in note
-    assert "| publish | not run |" in note
+    first, second = note.splitlines()[:2]  # what MLflow shows of a collapsed description
+    assert first.startswith("**FAILED**: the pipeline failed at node **quality\\_gate**: ")
+    assert "ValueError: quality gate rejected the model" in first
+    assert second.startswith("11 of 13 nodes completed, 1 failed, 1 not run")
+    assert ["13", "publish", "not run"] in note_node_rows(note)
     assert TIMELINE_ARTIFACT in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+    with chromium() as browser:  # what a person sees in MLflow's UI, without scrolling
+        must_see = [
+            "FAILED: the pipeline failed at node quality_gate: ValueError: quality gate "
+            "rejected the model",
+            "11 of 13 nodes completed, 1 failed, 1 not run",
+            "Failed",  # MLflow's own status badge
+        ]
+        look_at_run(browser, mlflow_server, run, "failed", must_see, failed="quality_gate")
 
 
 def test_the_pipeline_compiles_to_a_vertex_spec_with_kedro_dependencies(kfp_project, tmp_path):
