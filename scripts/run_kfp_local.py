@@ -160,13 +160,19 @@ class LiveView:
 
 
 def follow(process: subprocess.Popen, log: Path, view: LiveView) -> int:
-    """Feed the log's lines to the view until the process ends; its exit code."""
+    """Feed the log's whole lines to the view until the process ends; its exit code. A line
+    still being written waits for its end, so that no pattern is matched half-written."""
+    pending = ""
     with log.open(encoding="utf-8", errors="replace") as reader:
         while True:
             ended = process.poll() is not None
-            for line in reader:
+            pending += reader.read()
+            *complete, pending = pending.split("\n")
+            for line in complete:
                 view.feed(line)
             if ended:
+                if pending:
+                    view.feed(pending)
                 return process.returncode
             time.sleep(0.2)
 

@@ -8,6 +8,8 @@ test-artifacts/browser); plus the compiled YAML spec for Vertex AI.
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import re
 import subprocess
 import sys
@@ -264,3 +266,26 @@ def test_the_pipeline_compiles_to_a_vertex_spec_with_kedro_dependencies(kfp_proj
         assert inputs["job_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
         assert inputs["job_name"]["runtimeValue"]["constant"] == "{{$.pipeline_job_name}}"
         assert task["cachingOptions"] == {}  # a cached step would skip logging to the run
+
+
+def test_the_live_view_never_reads_a_half_written_line(tmp_path):
+    """The demo follows its log while the pipeline writes it: a task line caught mid-write
+    must still read SUCCESS, not SUC."""
+    spec = importlib.util.spec_from_file_location("run_kfp_local", MAIN_JOB)
+    assert spec is not None and spec.loader is not None
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    log = tmp_path / "pipeline.log"
+    log.write_text("")
+    writer = (
+        f"import time\nf = open({str(log)!r}, 'a')\n"
+        "f.write(\"Executing task 'start-run-step'\\n\"); f.flush(); time.sleep(0.5)\n"
+        "f.write(\"Task 'start-run-step' finished with status SUC\"); f.flush(); time.sleep(0.6)\n"
+        "f.write('CESS\\n'); f.flush()\n"
+    )
+    seen = io.StringIO()
+
+    code = demo.follow(subprocess.Popen([sys.executable, "-c", writer]), log, demo.LiveView(seen))
+
+    assert code == 0
+    assert step_lines(seen.getvalue()) == {"start-run-step": ["started", "SUCCESS"]}
