@@ -208,8 +208,18 @@ def register_pipelines() -> dict[str, Pipeline]:
 '''
 
 
-def _mlflow_yml(tracking_uri: str) -> str:
-    """kedro-mlflow's file; both tracking contenders read it (flattened params for both)."""
+# The params section of kedro-mlflow's mlflow.yml, per variant: "init" is what
+# `kedro mlflow init` writes (kedro-mlflow 2.0.3's template: nested dicts logged as one param
+# each, too-long params fail); "flat" flattens nested params (20 params per node here).
+MLFLOW_YML_PARAMS = {
+    "init": {"flatten": "False", "long_params_strategy": "fail"},
+    "flat": {"flatten": "true", "long_params_strategy": "truncate"},
+}
+
+
+def _mlflow_yml(tracking_uri: str, variant: str) -> str:
+    """kedro-mlflow's file; both tracking contenders read it, so both log the same params."""
+    params = MLFLOW_YML_PARAMS[variant]
     return (
         "server:\n"
         f"  mlflow_tracking_uri: {tracking_uri}\n"
@@ -218,17 +228,22 @@ def _mlflow_yml(tracking_uri: str) -> str:
         f"    name: {EXPERIMENT}\n"
         "  params:\n"
         "    dict_params:\n"
-        "      flatten: true\n"
+        f"      flatten: {params['flatten']}\n"
         "      recursive: true\n"
         '      sep: "."\n'
-        "    long_params_strategy: truncate\n"
+        f"    long_params_strategy: {params['long_params_strategy']}\n"
     )
 
 
 def generate_project(
-    dest: Path, contender: str, tracking_uri: str, data_dir: Path | None = None
+    dest: Path,
+    contender: str,
+    tracking_uri: str,
+    data_dir: Path | None = None,
+    mlflow_yml: str = "init",
 ) -> Path:
-    """Write the project for ``contender`` into ``dest`` (replacing generated files).
+    """Write the project for ``contender`` into ``dest`` (replacing generated files), with the
+    ``mlflow_yml`` variant of kedro-mlflow's file (see ``MLFLOW_YML_PARAMS``).
 
     ``data_dir`` lets every contender's project read and write the same node outputs (they
     are identical), so any node can run on its own after one full run of any contender.
@@ -261,11 +276,11 @@ def generate_project(
     (dest / "conf" / "base" / "catalog.yml").write_text(
         f'"{{name}}":\n  type: {PACKAGE}.datasets.JsonDataset\n  filepath: {outputs}\n'
     )
-    mlflow_yml = dest / "conf" / "base" / "mlflow.yml"
+    yml_path = dest / "conf" / "base" / "mlflow.yml"
     if variant.needs_mlflow_yml:
-        mlflow_yml.write_text(_mlflow_yml(tracking_uri))
+        yml_path.write_text(_mlflow_yml(tracking_uri, mlflow_yml))
     else:
-        mlflow_yml.unlink(missing_ok=True)
+        yml_path.unlink(missing_ok=True)
     return dest
 
 

@@ -69,3 +69,6 @@ def test_each_contender_differs_only_in_settings_and_mlflow_yml(tmp_path: Path) 
     assert "conf/base/mlflow.yml" not in files["none"]
     assert "MlflowRunHooks()" in files["ours"]["src/bench_pipeline/settings.py"]
     assert "mlflow_tracking_uri: http://127.0.0.1:5000" in files["ours"]["conf/base/mlflow.yml"]
+    # kedro-mlflow's documented default (`kedro mlflow init`) unless --mlflow-yml flat
+    assert "flatten: False" in files["kedro_mlflow"]["conf/base/mlflow.yml"]
+    assert "long_params_strategy: fail" in files["kedro_mlflow"]["conf/base/mlflow.yml"]
