@@ -201,6 +201,12 @@ def format_memory(megabytes: float | None) -> str:
     return f"{megabytes:.0f} MB"
 
 
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis, for a label with little room
+    (:func:`naming.trim` marks cuts in values that are stored)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def format_time(moment: datetime | None) -> str:
     return moment.strftime("%H:%M:%S") if moment else ""
 
@@ -213,7 +219,7 @@ def outcome_line(summary: RunSummary) -> str:
     if summary.failed_node:
         line += f" at node **{escape_markdown(summary.failed_node)}**"
     if summary.error:
-        first = summary.error.strip().splitlines()[0] if summary.error.strip() else ""
+        first = next(iter(summary.error.strip().splitlines()), "")
         line += f": {escape_markdown(trim(first, HEADLINE_ERROR_CHARS))}"
     return line
 
@@ -280,12 +286,9 @@ _RIGHT_ALIGNED = {0, 4, 5}
 
 
 def _node_cells(index: int, node: NodeRecord) -> tuple[str, ...]:
-    name = " ".join(node.name.split())
-    if len(name) > NOTE_NODE_CHARS:
-        name = name[: NOTE_NODE_CHARS - 1] + "…"
     return (
         str(index),
-        name,
+        shorten(" ".join(node.name.split()), NOTE_NODE_CHARS),
         node.status,
         format_time(node.started_at),
         format_duration(node.elapsed_s),

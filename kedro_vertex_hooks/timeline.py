@@ -18,6 +18,7 @@ from kedro_vertex_hooks.summary import (
     RunSummary,
     format_duration,
     format_memory,
+    shorten,
 )
 
 STATUS_COLOURS = {
@@ -141,7 +142,7 @@ def _svg(summary: RunSummary) -> str:
 
     for row, node in enumerate(nodes):
         y = _AXIS_HEIGHT + row * _ROW_HEIGHT
-        label = node.name if len(node.name) <= _LABEL_CHARS else node.name[: _LABEL_CHARS - 1] + "…"
+        label = shorten(node.name, _LABEL_CHARS)
         tooltip = html.escape(_node_tooltip(node))
         label_class = "label failed" if node.status == NODE_FAILED else "label"
         out.append(

@@ -84,9 +84,9 @@ def summary_lines(note: str) -> list[str]:
         return ["Summary:       (no summary: finalize did not run)"]
     plain = [
         html.unescape(re.sub(r"\\(.)", r"\1", line)).replace("**", "").strip()
-        for line in note.splitlines()
+        for line in note.splitlines()[:2]
     ]
-    return ["Summary:       " + plain[0], *("               " + line for line in plain[1:2])]
+    return ["Summary:       " + plain[0], *("               " + line for line in plain[1:])]
 
 
 def run_and_report(project_dir: Path, fail: bool, run_name: str, report: Path | None) -> int:

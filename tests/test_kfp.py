@@ -8,7 +8,6 @@ test-artifacts/browser); plus the compiled YAML spec for Vertex AI.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import re
 import subprocess
@@ -30,7 +29,14 @@ from kedro_vertex_hooks.naming import (
     node_key,
 )
 from tests.support.browser import VIEWPORT, Browser, chromium
-from tests.support.project import FULL_PYTHON, REPO, SAMPLE_NODES, Project, base_env
+from tests.support.project import (
+    FULL_PYTHON,
+    REPO,
+    SAMPLE_NODES,
+    Project,
+    base_env,
+    load_script,
+)
 from tests.support.tracked import note_node_rows
 
 MAIN_JOB = REPO / "scripts" / "run_kfp_local.py"
@@ -271,10 +277,7 @@ def test_the_pipeline_compiles_to_a_vertex_spec_with_kedro_dependencies(kfp_proj
 def test_the_live_view_never_reads_a_half_written_line(tmp_path):
     """The demo follows its log while the pipeline writes it: a task line caught mid-write
     must still read SUCCESS, not SUC."""
-    spec = importlib.util.spec_from_file_location("run_kfp_local", MAIN_JOB)
-    assert spec is not None and spec.loader is not None
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = load_script(MAIN_JOB)
     log = tmp_path / "pipeline.log"
     log.write_text("")
     writer = (

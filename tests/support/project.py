@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[2]
 # Made by scripts/bootstrap.sh: the package and sample_project on mlflow-skinny only, the
@@ -44,6 +46,17 @@ EXPECTED_PARAMS = {
     "report.api_token": "***",
     "failure.fail": "False",
 }
+
+
+def load_script(path: Path) -> ModuleType:
+    """One of the repository's scripts (not a package module) imported by its path, to test
+    its functions; registered in ``sys.modules`` so that its dataclasses can find it."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def base_env(**extra: str) -> dict[str, str]:

@@ -7,15 +7,13 @@ sample_project, exactly as ``pip`` resolves them together.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
-from tests.support.project import REPO, Project, base_env
+from tests.support.project import REPO, Project, base_env, load_script
 
 VERTEXAI_VENV = REPO / ".venv-vertexai"
 VERTEXAI_PYTHON = VERTEXAI_VENV / "bin" / "python"
@@ -38,18 +36,7 @@ TAG_GROUPING = """  grouping:
 FAILING_TREE = ("max_depth: 3", "max_depth: 20"), ("leaf: 2", "leaf: 0")
 
 
-def _load_executor():
-    spec = importlib.util.spec_from_file_location(
-        "run_vertexai_spec", REPO / "scripts" / "run_vertexai_spec.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-executor = _load_executor()
+executor = load_script(REPO / "scripts" / "run_vertexai_spec.py")
 
 
 def vertexai_project(
