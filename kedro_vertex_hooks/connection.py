@@ -19,8 +19,8 @@ from kedro_vertex_hooks.rest_client import RestTrackingClient, rest_client_unsui
 
 if TYPE_CHECKING:
     from kedro_vertex_hooks.mlflow_client import MlflowTrackingClient
-    from kedro_vertex_hooks.session import SessionSpec
     from kedro_vertex_hooks.tracking_client import TrackingClient
+    from kedro_vertex_hooks.worker_spec import SessionSpec
 
 logger = logging.getLogger(__name__)
 

@@ -199,7 +199,8 @@ class MlflowRunHooks:
         """This process's session: the parent's, or one rebuilt in a worker process."""
         if self._session is not None and self._session_pid == os.getpid():
             return self._session
-        from kedro_vertex_hooks.session import SessionSpec, TrackingSession
+        from kedro_vertex_hooks.session import TrackingSession
+        from kedro_vertex_hooks.worker_spec import SessionSpec
 
         spec = SessionSpec.from_env()
         if spec is None:

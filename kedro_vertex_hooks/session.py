@@ -3,13 +3,13 @@ the run's status changes.
 
 The hooks translate Kedro events into calls on :class:`TrackingSession`; it decides what to
 write and hands it to the :class:`~kedro_vertex_hooks.writer.RunWriter`. Worker processes
-(ParallelRunner) rebuild their session from :class:`SessionSpec`, which the parent exports in
-the environment.
+(ParallelRunner) rebuild their session from a
+:class:`~kedro_vertex_hooks.worker_spec.SessionSpec`, which the parent exports in the
+environment.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import resource
@@ -18,15 +18,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from kedro_vertex_hooks.config import (
     HookOptions,
-    ParamsConfig,
     ProjectConfig,
-    RequestHeaderProviderConfig,
 )
 from kedro_vertex_hooks.connection import connect
 from kedro_vertex_hooks.datasets import artifact_destinations, metric_values
@@ -71,14 +68,13 @@ from kedro_vertex_hooks.retry import (
     short_error,
 )
 from kedro_vertex_hooks.status import every_node_completed, step_end_status, step_start_status
+from kedro_vertex_hooks.worker_spec import SESSION_ENV, SessionSpec, in_worker_process
 from kedro_vertex_hooks.writer import RunWriter, Write
 
 if TYPE_CHECKING:
     from kedro_vertex_hooks.tracking_client import TrackingClient
 
 logger = logging.getLogger(__name__)
-
-SESSION_ENV = "KEDRO_VERTEX_HOOKS_SESSION"
 
 
 def utc_now() -> str:
@@ -89,40 +85,6 @@ def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MB (Linux reports KiB)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
-
-
-@dataclass(frozen=True)
-class SessionSpec:
-    """What a worker process needs to log into the same run, as JSON in ``SESSION_ENV``."""
-
-    tracking_uri: str
-    run_id: str
-    params_config: dict[str, Any]
-    header_provider_config: dict[str, Any]
-    hook_options: dict[str, Any]
-
-    @property
-    def header_provider(self) -> RequestHeaderProviderConfig:
-        return RequestHeaderProviderConfig.model_validate(self.header_provider_config)
-
-    @property
-    def params(self) -> ParamsConfig:
-        return ParamsConfig.model_validate(self.params_config)
-
-    def to_env(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_env(cls) -> SessionSpec | None:
-        raw = os.environ.get(SESSION_ENV)
-        return cls(**json.loads(raw)) if raw else None
-
-
-def in_worker_process() -> bool:
-    """True in a multiprocessing worker, which may exit without running atexit handlers."""
-    import multiprocessing
-
-    return multiprocessing.parent_process() is not None
 
 
 class TrackingSession:

@@ -27,7 +27,7 @@ class SpawnWorkerHooks:
 
         if PACKAGE_NAME is not None:
             return None
-        from kedro_vertex_hooks.session import SessionSpec
+        from kedro_vertex_hooks.worker_spec import SessionSpec
 
         spec = SessionSpec.from_env()
         if spec is None:

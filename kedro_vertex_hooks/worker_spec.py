@@ -1,0 +1,52 @@
+"""What a ParallelRunner worker process needs to log into the parent's run, and how it knows
+it is one.
+
+The parent's :class:`~kedro_vertex_hooks.session.TrackingSession` exports a
+:class:`SessionSpec` in the environment before Kedro starts its workers; a worker rebuilds its
+session from it (``hooks.py``, or ``workers.py`` when the worker has no project settings).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from kedro_vertex_hooks.config import ParamsConfig, RequestHeaderProviderConfig
+
+SESSION_ENV = "KEDRO_VERTEX_HOOKS_SESSION"
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """What a worker process needs to log into the same run, as JSON in ``SESSION_ENV``."""
+
+    tracking_uri: str
+    run_id: str
+    params_config: dict[str, Any]
+    header_provider_config: dict[str, Any]
+    hook_options: dict[str, Any]
+
+    @property
+    def header_provider(self) -> RequestHeaderProviderConfig:
+        return RequestHeaderProviderConfig.model_validate(self.header_provider_config)
+
+    @property
+    def params(self) -> ParamsConfig:
+        return ParamsConfig.model_validate(self.params_config)
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls) -> SessionSpec | None:
+        raw = os.environ.get(SESSION_ENV)
+        return cls(**json.loads(raw)) if raw else None
+
+
+def in_worker_process() -> bool:
+    """True in a multiprocessing worker, which may exit without running atexit handlers."""
+    import multiprocessing
+
+    return multiprocessing.parent_process() is not None
