@@ -244,7 +244,7 @@ class MlflowRunHooks:
     def after_pipeline_run(self) -> None:
         with self._ending_step() as session:
             if session is not None:
-                status = session.finish_step(self._pipeline_nodes, self._downstream_nodes)
+                status = session.finish_step(may_finish_pipeline=not self._downstream_nodes)
                 logger.info("MLflow run %s is %s", session.run_id, status)
 
     @hook_impl

@@ -11,31 +11,33 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kedro_vertex_hooks.naming import (
     DEFAULT_PIPELINE,
+    METRIC_NODE_COMPLETED,
     NODE_COMPLETED,
     NODE_FAILED,
     NODE_LOST,
     NODE_RUNNING,
+    RECORD_METRICS,
     RUN_FAILED,
     RUN_FINISHED,
     RUN_KILLED,
     TAG_FAILED_NODE,
     TAG_JOB_ID,
-    TAG_NODE_STATUS,
     TAG_PIPELINE,
     TAG_RUN_NOTE,
-    node_key,
 )
+from kedro_vertex_hooks.records import History, Outcomes, read_history
 from kedro_vertex_hooks.resolve import (
     ResolvedRun,
     RunResolutionError,
     RunSource,
     fetch_run,
+    job_run_name,
     job_tags,
     resolve_run,
     runs_for_job,
@@ -97,13 +99,9 @@ def terminal_status(
     return FINISHED
 
 
-def lost_node_tags(nodes: Sequence[NodeRecord]) -> dict[str, str]:
-    """Status tags turning nodes still ``running`` (their process died) into ``lost``."""
-    return {
-        node_key(TAG_NODE_STATUS, node.name): NODE_LOST
-        for node in nodes
-        if node.status == NODE_RUNNING
-    }
+def mark_lost(nodes: Sequence[NodeRecord]) -> list[NodeRecord]:
+    """Nodes still ``running`` when the run is closed are ``lost``: their process died."""
+    return [replace(n, status=NODE_LOST) if n.status == NODE_RUNNING else n for n in nodes]
 
 
 @dataclass(frozen=True)
@@ -121,31 +119,28 @@ class FinalizePlan:
 def plan_finalize(
     current_status: str,
     tags: Mapping[str, str],
-    metrics: Mapping[str, float],
+    history: History,
     pipeline_nodes: Sequence[str],
     orchestrator_state: str | None,
     project: str | None = None,
 ) -> FinalizePlan:
     """Decide the terminal status, the lost nodes and the summary from the run's data."""
-    before = RunSummary.from_run_data(current_status, tags, metrics, pipeline_nodes)
-    lost = lost_node_tags(before.nodes)
-    after_tags = {**tags, **lost}
-    provisional = RunSummary.from_run_data(current_status, after_tags, metrics, pipeline_nodes)
-    status = terminal_status(
-        current_status, provisional.nodes, orchestrator_state, TAG_FAILED_NODE in tags
+    found = RunSummary.from_run_data(current_status, tags, history, pipeline_nodes, project)
+    nodes = mark_lost(found.nodes)
+    failure_recorded = (
+        TAG_FAILED_NODE in tags
+        or Outcomes.from_points(history.get(METRIC_NODE_COMPLETED, ())).any_failed
     )
-    summary = RunSummary.from_run_data(status, after_tags, metrics, pipeline_nodes, project)
+    status = terminal_status(current_status, nodes, orchestrator_state, failure_recorded)
+    summary = replace(found, status=status, nodes=tuple(nodes))
     note = render_note(summary)
-    changed_tags = dict(lost)
-    if tags.get(TAG_RUN_NOTE) != note:
-        changed_tags[TAG_RUN_NOTE] = note
     return FinalizePlan(
         status=status,
         change_status=status != current_status,
-        tags=changed_tags,
+        tags={} if tags.get(TAG_RUN_NOTE) == note else {TAG_RUN_NOTE: note},
         timeline_html=render_timeline(summary),
         summary=summary,
-        lost_nodes=tuple(n.name for n in before.nodes if n.status == NODE_RUNNING),
+        lost_nodes=tuple(n.name for n in found.nodes if n.status == NODE_RUNNING),
     )
 
 
@@ -171,7 +166,7 @@ def start_run(
         client.tracking_uri,
         experiment_name,
         settle_s,
-        run_name=run_name or job_name,
+        run_name=run_name or job_run_name(job_id, job_name),
         new_run_tags=job_tags(None, job_name),
         created=created,
     )
@@ -225,12 +220,12 @@ def finalize(
     nothing.
     """
     resolved = fetch_run(client, run_id, tracking_uri)
-    metrics = client.get_run(run_id).data.metrics
+    history = read_history(client, run_id, RECORD_METRICS)
     pipeline_name = resolved.tags.get(TAG_PIPELINE) or DEFAULT_PIPELINE
     plan = plan_finalize(
         resolved.status,
         resolved.tags,
-        metrics,
+        history,
         node_names_for(pipeline_name),
         normalise_state(orchestrator_state),
         project,

@@ -7,17 +7,32 @@ makes in its own terms (:meth:`MlflowTrackingClient.log_values`), the same call
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunInfo, RunTag
 
 from kedro_vertex_hooks.auth import ensure_single_registration
+from kedro_vertex_hooks.mlflow_compat import run_info_by_empty_update
+from kedro_vertex_hooks.tracking_client import is_inactive_run_error
+
+if TYPE_CHECKING:
+    from kedro_vertex_hooks import tracking_client
 
 
 class MlflowTrackingClient(MlflowClient):
-    """``MlflowClient`` plus ``log_values``: the writer's batch as plain mappings."""
+    """``MlflowClient`` plus the two calls the hooks make in their own terms."""
+
+    def touch_run(self, run_id: str) -> RunInfo:
+        """The run's info without its data, from an update that changes nothing."""
+        try:
+            return run_info_by_empty_update(self, run_id)
+        except Exception as exc:
+            if not is_inactive_run_error(exc):
+                raise
+            return self.get_run(run_id).info
 
     def log_values(
         self,
@@ -25,12 +40,11 @@ class MlflowTrackingClient(MlflowClient):
         *,
         params: Mapping[str, str],
         tags: Mapping[str, str],
-        metrics: Mapping[str, float],
-        timestamp_ms: int,
+        metrics: Sequence[tracking_client.Metric],
     ) -> None:
         self.log_batch(
             run_id,
-            metrics=[Metric(k, float(v), timestamp_ms, 0) for k, v in metrics.items()],
+            metrics=[Metric(m.key, float(m.value), m.timestamp, m.step) for m in metrics],
             params=[Param(k, v) for k, v in params.items()],
             tags=[RunTag(k, v) for k, v in tags.items()],
         )

@@ -24,17 +24,26 @@ TAG_FAILED_NODE = "kedro.failed_node"
 TAG_ERROR = "kedro.error"
 TAG_PIPELINE = "kedro.pipeline"
 DEFAULT_PIPELINE = "__default__"  # Kedro's name for the pipeline `kedro run` runs
-TAG_NODE_STATUS = "kedro.node_status"
-TAG_NODE_STARTED = "kedro.node_started_at"
-TAG_NODE_ENDED = "kedro.node_ended_at"
 TAG_NODE_HOST = "kedro.node_host"
+TAG_NODE_ERROR = "kedro.node_error"
 TAG_PARAM_CONFLICT = "kedro.param_conflict"
 TAG_LONG_PARAM = "kedro.long_param"
 TAG_JOB_ID = "vertexai_run_id"
 TAG_JOB_NAME = "vertexai_job_name"
 TAG_RUN_NOTE = "mlflow.note.content"
+# The per-node record (records.py): one point per node, at step = the node's position.
+METRIC_NODE_STARTED = "kedro.node_started_at"  # Unix time, seconds
+METRIC_NODE_STARTUP = "kedro.node_startup_s"  # from its process's start to the node's
 METRIC_NODE_DURATION = "kedro.node_duration_s"
 METRIC_NODE_PEAK_RSS = "kedro.node_peak_rss_mb"
+METRIC_NODE_COMPLETED = "kedro.node_completed"  # 1 completed, 0 failed
+RECORD_METRICS = (
+    METRIC_NODE_STARTED,
+    METRIC_NODE_STARTUP,
+    METRIC_NODE_DURATION,
+    METRIC_NODE_PEAK_RSS,
+    METRIC_NODE_COMPLETED,
+)
 
 NODE_RUNNING = "running"
 NODE_COMPLETED = "completed"
@@ -75,12 +84,6 @@ def legal_key(raw: str, max_length: int = MAX_KEY_LENGTH) -> str:
 def node_key(prefix: str, node_name: str) -> str:
     """Key ``<prefix>.<node>`` for a per-node tag or metric, legal and within 250 chars."""
     return prefix + "." + legal_key(node_name, MAX_KEY_LENGTH - len(prefix) - 1)
-
-
-def node_from_key(prefix: str, key: str) -> str | None:
-    """The (legalised) node part of ``key`` if it is a ``<prefix>.<node>`` key."""
-    head = prefix + "."
-    return key[len(head) :] if key.startswith(head) else None
 
 
 def trim(value: str, limit: int) -> str:

@@ -88,7 +88,8 @@ class RunSource:
 
 @dataclass
 class ResolvedRun:
-    """The run, as read once at start: its id, status and what it already holds."""
+    """The run, as read once at start: its id, status and, when read whole (a run found by
+    job id or created), what it already holds."""
 
     run_id: str
     experiment_id: str
@@ -117,11 +118,22 @@ def check_run_id_format(run_id: str, tracking_uri: str) -> None:
         )
 
 
-def fetch_run(client: TrackingClient, run_id: str, tracking_uri: str) -> ResolvedRun:
-    """Read the run once; a missing or deleted run is an error naming the id and the URI."""
+def fetch_run(
+    client: TrackingClient, run_id: str, tracking_uri: str, *, whole: bool = True
+) -> ResolvedRun:
+    """Read the run once; a missing or deleted run is an error naming the id and the URI.
+
+    With ``whole=False`` only its info is read (status, experiment), not its params, tags
+    and metrics: what a node step needs, at a cost that does not grow with the pipeline.
+    """
     check_run_id_format(run_id, tracking_uri)
     try:
-        run = client.get_run(run_id)
+        if whole:
+            run = client.get_run(run_id)
+            info, resolved = run.info, ResolvedRun.from_run(run)
+        else:
+            info = client.touch_run(run_id)
+            resolved = ResolvedRun(run_id, info.experiment_id, info.status)
     except Exception as exc:  # MLflow's or the REST client's error, both with error_code
         if getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
             raise RunResolutionError(
@@ -130,12 +142,12 @@ def fetch_run(client: TrackingClient, run_id: str, tracking_uri: str) -> Resolve
                 "step that created the run."
             ) from None
         raise
-    if run.info.lifecycle_stage == "deleted":
+    if info.lifecycle_stage == "deleted":
         raise RunResolutionError(
             f"MLflow run {run_id} at tracking URI {tracking_uri} is deleted. Restore it "
             "(mlflow runs restore) or start a new run for this pipeline."
         )
-    return ResolvedRun.from_run(run)
+    return resolved
 
 
 def ensure_experiment(client: TrackingClient, name: str) -> str:
@@ -176,6 +188,15 @@ def job_tags(job_id: str | None, job_name: str | None) -> dict[str, str]:
     return tags
 
 
+def job_run_name(job_id: str | None, job_name: str | None) -> str | None:
+    """The name of a job's run, its distinguishing part first: the job name, or for a job
+    whose id is ``<job name>/<run id>`` (an Airflow DAG, whose name is the same every run)
+    ``<run id> · <job name>``, so that the runs list, which cuts long names, tells them apart."""
+    if job_id and job_name and job_id.startswith(job_name + "/"):
+        return f"{job_id[len(job_name) + 1 :]} · {job_name}"
+    return job_name
+
+
 def find_or_create_job_run(
     client: TrackingClient,
     experiment_id: str,
@@ -205,7 +226,9 @@ def find_or_create_job_run(
             existing = runs_for_job(client, experiment_id, job_id) or existing
         return _keep_winner(client, existing[0], created)
     mine = client.create_run(
-        experiment_id, tags=job_tags(job_id, job_name), run_name=run_name or job_name
+        experiment_id,
+        tags=job_tags(job_id, job_name),
+        run_name=run_name or job_run_name(job_id, job_name),
     )
     created.append(mine.info.run_id)
     time.sleep(settle_s)
@@ -254,7 +277,7 @@ def resolve_run(
     :func:`find_or_create_job_run`)."""
     if source.mode == "resume":
         assert source.run_id is not None
-        return fetch_run(client, source.run_id, tracking_uri)
+        return fetch_run(client, source.run_id, tracking_uri, whole=False)
     experiment_id = ensure_experiment(client, experiment_name)
     if source.mode == "job":
         assert source.job_id is not None

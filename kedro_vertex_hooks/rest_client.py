@@ -16,14 +16,21 @@ import base64
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from kedro_vertex_hooks.naming import trim
-from kedro_vertex_hooks.tracking_client import Experiment, Run, TrackingClient
+from kedro_vertex_hooks.tracking_client import (
+    Experiment,
+    Metric,
+    Run,
+    RunInfo,
+    TrackingClient,
+    is_inactive_run_error,
+)
 
 API_PREFIX = "/api/2.0/mlflow"
 OWN_ENTRY_POINT = "kedro-vertex-hooks"
@@ -103,6 +110,30 @@ class RestTrackingClient:
     def get_run(self, run_id: str) -> Run:
         return Run.from_json(self._call("GET", "/runs/get", {"run_id": run_id})["run"])
 
+    def touch_run(self, run_id: str) -> RunInfo:
+        """An update that changes nothing: the server answers with the run's info alone
+        (``runs/get`` would send every param, tag and metric of the run)."""
+        try:
+            body = self._call("POST", "/runs/update", {"run_id": run_id})
+        except RestApiError as exc:
+            if not is_inactive_run_error(exc):
+                raise
+            return self.get_run(run_id).info
+        return Run.from_json({"info": body["run_info"]}).info
+
+    def get_metric_history(self, run_id: str, key: str) -> list[Metric]:
+        found: list[Metric] = []
+        page_token: str | None = None
+        while True:
+            query: dict[str, Any] = {"run_id": run_id, "metric_key": key, "max_results": 25000}
+            if page_token:
+                query["page_token"] = page_token
+            body = self._call("GET", "/metrics/get-history", query)
+            found.extend(Metric.from_json(item) for item in body.get("metrics", ()))
+            page_token = body.get("next_page_token")
+            if not page_token:
+                return found
+
     def create_run(
         self,
         experiment_id: str,
@@ -140,21 +171,20 @@ class RestTrackingClient:
         *,
         params: Mapping[str, str],
         tags: Mapping[str, str],
-        metrics: Mapping[str, float],
-        timestamp_ms: int,
+        metrics: Sequence[Metric],
     ) -> None:
         """As few ``log-batch`` requests as the server's limits allow, as MlflowClient does:
         at most 100 params, 100 tags and 1000 values in all per request."""
         for param_chunk, tag_chunk, metric_chunk in batch_chunks(
-            list(params.items()), list(tags.items()), list(metrics.items())
+            list(params.items()), list(tags.items()), list(metrics)
         ):
             body = {
                 "run_id": run_id,
                 "params": _key_values(param_chunk),
                 "tags": _key_values(tag_chunk),
                 "metrics": [
-                    {"key": k, "value": v, "timestamp": timestamp_ms, "step": 0}
-                    for k, v in metric_chunk
+                    {"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}
+                    for m in metric_chunk
                 ],
             }
             self._call("POST", "/runs/log-batch", body)
@@ -239,8 +269,8 @@ class RestTrackingClient:
 
 
 def batch_chunks(
-    params: list[tuple[str, str]], tags: list[tuple[str, str]], metrics: list[tuple[str, float]]
-) -> Iterator[tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, float]]]]:
+    params: list[tuple[str, str]], tags: list[tuple[str, str]], metrics: list[Metric]
+) -> Iterator[tuple[list[tuple[str, str]], list[tuple[str, str]], list[Metric]]]:
     """Split one batch into requests within the server's limits (none when empty)."""
     while params or tags or metrics:
         param_chunk, params = params[:MAX_PARAMS_TAGS_PER_BATCH], params[MAX_PARAMS_TAGS_PER_BATCH:]

@@ -17,8 +17,9 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kedro_vertex_hooks.config import (
@@ -30,27 +31,28 @@ from kedro_vertex_hooks.datasets import artifact_destinations, metric_values
 from kedro_vertex_hooks.errors import UserError
 from kedro_vertex_hooks.naming import (
     DEFAULT_PIPELINE,
-    METRIC_NODE_DURATION,
-    METRIC_NODE_PEAK_RSS,
-    NODE_COMPLETED,
-    NODE_FAILED,
-    NODE_RUNNING,
+    METRIC_NODE_COMPLETED,
     RUN_FAILED,
     RUN_FINISHED,
     RUN_RUNNING,
     TAG_ERROR,
     TAG_FAILED_NODE,
     TAG_LATEST_NODE,
-    TAG_NODE_ENDED,
+    TAG_NODE_ERROR,
     TAG_NODE_HOST,
-    TAG_NODE_STARTED,
-    TAG_NODE_STATUS,
     TAG_PIPELINE,
     error_text,
     legal_key,
     node_key,
 )
 from kedro_vertex_hooks.params import prepare_params
+from kedro_vertex_hooks.records import (
+    end_points,
+    node_positions,
+    now_ms,
+    outside_position,
+    start_points,
+)
 from kedro_vertex_hooks.resolve import (
     ENV_RUN_ID,
     ResolvedRun,
@@ -67,7 +69,8 @@ from kedro_vertex_hooks.retry import (
     retry_transient,
     short_error,
 )
-from kedro_vertex_hooks.status import every_node_completed, step_end_status, step_start_status
+from kedro_vertex_hooks.status import step_end_status, step_start_status, was_ended_early
+from kedro_vertex_hooks.tracking_client import Metric
 from kedro_vertex_hooks.worker_spec import SESSION_ENV, SessionSpec, in_worker_process
 from kedro_vertex_hooks.writer import RunWriter, Write
 
@@ -77,8 +80,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+def process_started_at() -> float | None:
+    """When this process started (Unix time), from Linux's /proc; None elsewhere."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22: start, clock ticks
+        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (uptime_s - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def peak_rss_mb() -> float:
@@ -105,11 +115,13 @@ class TrackingSession:
         self.source = source
         self._run = run
         self._params_config = spec.params
+        self._positions = node_positions(spec.pipeline_nodes)
         self._started: dict[str, float] = {}
         self._lock = threading.Lock()
         self._pending_run_tags: dict[str, str] = {}
         self._pending_status: str | None = None
         self._failure_recorded = False
+        self._first_node_started = False
         self._saving: dict[str, tuple[set[str], Write]] = {}  # node -> outputs not yet saved
         self._in_worker = in_worker_process()
         self.writer = RunWriter(
@@ -172,6 +184,7 @@ class TrackingSession:
             params_config=config.mlflow.tracking.params.model_dump(),
             header_provider_config=config.header_provider.model_dump(),
             hook_options=options.model_dump(mode="json"),
+            pipeline_nodes=[],
         )
         return cls(client, spec, options, run, source)
 
@@ -191,12 +204,18 @@ class TrackingSession:
     def begin_pipeline(self, pipeline_name: str, pipeline_nodes: Iterable[str]) -> None:
         """Tag the run with the pipeline and the job, with the first node's write; a run
         that something else ended early (a start step's fluent run) is RUNNING again."""
+        nodes = list(dict.fromkeys(pipeline_nodes))
+        self.spec = replace(self.spec, pipeline_nodes=nodes)
         with self._lock:
+            self._positions = node_positions(nodes)
             self._pending_run_tags = self._missing_run_tags(pipeline_name)
-            if self._run is not None and self.source.mode != "local":
-                self._pending_status = step_start_status(
-                    self._run.status, self._run.tags, pipeline_nodes
-                )
+        run = self._run
+        if run is None or self.source.mode == "local" or not was_ended_early(run.status):
+            return
+        outcomes = self.writer.read_outcomes()
+        if outcomes is not None:
+            with self._lock:
+                self._pending_status = step_start_status(outcomes, len(nodes))
 
     def _missing_run_tags(self, pipeline_name: str) -> dict[str, str]:
         """Correlation tags the run lacks: set once, with the first node's write."""
@@ -211,6 +230,7 @@ class TrackingSession:
     # -- node events -----------------------------------------------------------------------
     def node_started(self, node_name: str, inputs: Mapping[str, Any]) -> None:
         prepared = prepare_params(inputs, self._params_config, self.options.secret_patterns)
+        started_at = time.time()
         with self._lock:
             self._started[node_name] = time.monotonic()
             run_tags, self._pending_run_tags = self._pending_run_tags, {}
@@ -219,11 +239,25 @@ class TrackingSession:
             **run_tags,
             **prepared.tags,
             TAG_LATEST_NODE: node_name,
-            node_key(TAG_NODE_STATUS, node_name): NODE_RUNNING,
-            node_key(TAG_NODE_STARTED, node_name): utc_now(),
             node_key(TAG_NODE_HOST, node_name): socket.gethostname(),
         }
-        self.writer.submit(Write(params=prepared.params, tags=tags, status=status))
+        startup_s = self._startup_s(started_at)
+        points = self._points(node_name, lambda at: start_points(at, started_at, startup_s))
+        self.writer.submit(Write(params=prepared.params, tags=tags, metrics=points, status=status))
+
+    def _startup_s(self, started_at: float) -> float | None:
+        """Its process's start-up, for the first node a process starts (later nodes of the
+        same process did not wait for it)."""
+        with self._lock:
+            first, self._first_node_started = not self._first_node_started, True
+        process_start = process_started_at() if first else None
+        return None if process_start is None else max(0.0, started_at - process_start)
+
+    def _points(self, node_name: str, build: Callable[[int], list[Metric]]) -> list[Metric]:
+        """The node's record points, at its position; none for a node outside the pipeline
+        (which Kedro does not run)."""
+        position = self._positions.get(node_name)
+        return build(position) if position is not None else []
 
     def node_ran(self, node_name: str, outputs: Iterable[str]) -> None:
         """The node's function returned: it is ``completed`` once its outputs are saved.
@@ -231,7 +265,7 @@ class TrackingSession:
         Kedro saves outputs after ``after_node_run``; a failed save must fail the node, not
         a node already reported as completed.
         """
-        write = self._node_end(node_name, NODE_COMPLETED)
+        write = self._node_end(node_name, completed=True)
         pending = set(outputs)
         if not pending:
             self._submit_node_end(write)
@@ -261,7 +295,8 @@ class TrackingSession:
         """Record the failure and mark the run FAILED now, synchronously: it must not wait."""
         with self._lock:
             self._saving.pop(node_name, None)
-        write = self._node_end(node_name, NODE_FAILED)
+        write = self._node_end(node_name, completed=False)
+        write.tags[node_key(TAG_NODE_ERROR, node_name)] = error_text(error)
         write.tags.update(self._first_failure_tags(node_name, error))
         write.status = RUN_FAILED
         self.writer.submit(write, wait=True)
@@ -271,30 +306,28 @@ class TrackingSession:
         """Log a dataset named in the hook options: its numbers as metrics, its files as
         artifacts under a folder named after it."""
         if dataset_name in self.options.metric_datasets:
-            self.writer.submit(Write(metrics=metric_values(dataset_name, data)))
+            stamp = now_ms()
+            values = metric_values(dataset_name, data)
+            points = [Metric(key, value, stamp) for key, value in values.items()]
+            self.writer.submit(Write(metrics=points))
         if dataset_name in self.options.artifact_datasets and dataset is not None:
             for path, folder in artifact_destinations(dataset, dataset_name):
                 self.writer.submit(Write(artifact=(str(path), folder)))
 
-    def _node_end(self, node_name: str, status: str) -> Write:
+    def _node_end(self, node_name: str, *, completed: bool) -> Write:
         with self._lock:
             started = self._started.pop(node_name, None)
-        metrics = {node_key(METRIC_NODE_PEAK_RSS, node_name): peak_rss_mb()}
-        if started is not None:
-            metrics[node_key(METRIC_NODE_DURATION, node_name)] = round(
-                time.monotonic() - started, 3
-            )
-        tags = {
-            node_key(TAG_NODE_STATUS, node_name): status,
-            node_key(TAG_NODE_ENDED, node_name): utc_now(),
-        }
-        return Write(tags=tags, metrics=metrics)
+        duration_s = time.monotonic() - started if started is not None else None
+        points = self._points(
+            node_name, lambda at: end_points(at, completed, duration_s, peak_rss_mb())
+        )
+        return Write(metrics=points)
 
     def _first_failure_tags(self, node_name: str | None, error: BaseException) -> dict[str, str]:
-        """``kedro.failed_node``/``kedro.error``, unless an earlier failure already set them."""
+        """``kedro.failed_node``/``kedro.error``, unless an earlier failure was recorded."""
         self.writer.flush()
-        run = self.writer.read_run()
-        if run is None or TAG_FAILED_NODE in run.data.tags:
+        outcomes = self.writer.read_outcomes()
+        if outcomes is None or outcomes.any_failed:
             return {}
         tags = {TAG_ERROR: error_text(error)}
         if node_name:
@@ -306,35 +339,25 @@ class TrackingSession:
         with self._lock:
             return [*self._started, *self._saving]
 
-    def finish_step(self, pipeline_nodes: Iterable[str], downstream_nodes: Iterable[str]) -> str:
+    def finish_step(self, *, may_finish_pipeline: bool) -> str:
         """After the last node of this step: set the status the whole run now deserves.
 
-        The run is read again (after this step's writes) unless it cannot be complete yet:
-        it was RUNNING at the start and a node downstream of this step, which the orchestrator
-        starts only after this step, was unfinished then. That saves most steps a round trip.
+        Only a step with no node downstream of it may finish the pipeline (the orchestrator
+        starts such nodes only after this step): it reads the nodes' outcomes, after its own
+        writes, and sets FAILED or FINISHED. Every other step ends with its writes.
         """
         self.writer.flush()
         target: str | None = None
         if self.source.mode == "local":
             target = RUN_FINISHED
-        elif self._cannot_be_complete(downstream_nodes):
-            target = None
-        elif run := self.writer.read_run():
-            target = step_end_status(run.info.status, run.data.tags, pipeline_nodes)
+        elif may_finish_pipeline:
+            outcomes = self.writer.read_outcomes()
+            target = step_end_status(outcomes, len(self._positions)) if outcomes else None
         if target:
             self.writer.submit(Write(status=target), wait=True)
         self.close()
         self.raise_if_undelivered()
         return target or RUN_RUNNING
-
-    def _cannot_be_complete(self, downstream_nodes: Iterable[str]) -> bool:
-        """True when the end read can be skipped; never after a write that came late, whose
-        old copy could have overwritten a node status (the read repairs that)."""
-        run = self._run
-        report = self.writer.report
-        if run is None or run.status != RUN_RUNNING or report.delivered_late or report.given_up:
-            return False
-        return not every_node_completed(run.tags, downstream_nodes)
 
     def fail_step(self, error: BaseException) -> None:
         """The step failed: nodes still in flight failed with it, and the run is FAILED.
@@ -346,8 +369,10 @@ class TrackingSession:
         for node_name in in_flight:
             self.node_failed(node_name, error)
         if not in_flight and not self._failure_recorded:
-            write = Write(tags=self._first_failure_tags(None, error), status=RUN_FAILED)
-            self.writer.submit(write, wait=True)
+            position = outside_position(self._positions)
+            outside = Metric(METRIC_NODE_COMPLETED, 0.0, now_ms(), position)
+            tags = self._first_failure_tags(None, error)
+            self.writer.submit(Write(tags=tags, metrics=[outside], status=RUN_FAILED), wait=True)
         self.close()
 
     def close(self) -> None:

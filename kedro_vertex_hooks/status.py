@@ -1,4 +1,4 @@
-"""The run-status rules a node step applies, as pure functions of what the run holds.
+"""The run-status rules a node step applies, as pure functions of the nodes' outcomes.
 
 RUNNING while the pipeline runs; FAILED the moment a node fails, and for good; FINISHED only
 when every node of the pipeline completed. ``finalize``'s terminal rules are in
@@ -7,49 +7,30 @@ when every node of the pipeline completed. ``finalize``'s terminal rules are in
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-
-from kedro_vertex_hooks.naming import (
-    NODE_COMPLETED,
-    RUN_FAILED,
-    RUN_FINISHED,
-    RUN_RUNNING,
-    TAG_FAILED_NODE,
-    TAG_NODE_STATUS,
-    node_key,
-)
+from kedro_vertex_hooks.naming import RUN_FAILED, RUN_FINISHED, RUN_RUNNING
+from kedro_vertex_hooks.records import Outcomes
 
 
-def every_node_completed(tags: Mapping[str, str], pipeline_nodes: Iterable[str]) -> bool:
-    return all(tags.get(node_key(TAG_NODE_STATUS, n)) == NODE_COMPLETED for n in pipeline_nodes)
+def step_end_status(outcomes: Outcomes, node_count: int) -> str | None:
+    """The run status a step that may finish the pipeline sets; None to leave it.
 
-
-def step_start_status(
-    status: str, tags: Mapping[str, str], pipeline_nodes: Iterable[str]
-) -> str | None:
-    """The status a step's first write sets; None to leave it.
-
-    Only ever RUNNING: a run that reads FINISHED (or KILLED) while a node of the pipeline has
-    not completed was ended early by something else, e.g. the fluent run of kedro-vertexai's
-    start step, which MLflow ends FINISHED at that process's exit. The step's end settles
-    FAILED and FINISHED.
+    FAILED is sticky: any failure ever recorded, even of a node that completed on a retry;
+    FINISHED only when every node of the pipeline completed.
     """
-    target = step_end_status(status, tags, pipeline_nodes)
-    return RUN_RUNNING if target == RUN_RUNNING else None
+    if outcomes.any_failed:
+        return RUN_FAILED
+    if outcomes.every_node_completed(node_count):
+        return RUN_FINISHED
+    return None
 
 
-def step_end_status(
-    status: str, tags: Mapping[str, str], pipeline_nodes: Iterable[str]
-) -> str | None:
-    """The run status after a step, given what the run holds now; None when unchanged.
+def was_ended_early(status: str) -> bool:
+    """True for a run that reads FINISHED or KILLED when a step starts: something else ended
+    it (e.g. the fluent run of kedro-vertexai's start step, which MLflow ends FINISHED at that
+    process's exit), unless the pipeline really is complete (see :func:`step_start_status`)."""
+    return status not in (RUN_RUNNING, RUN_FAILED)
 
-    FAILED is sticky; FINISHED only when every node of the pipeline completed; otherwise
-    RUNNING (correcting a run that something else ended early).
-    """
-    if status == RUN_FAILED or TAG_FAILED_NODE in tags:
-        target = RUN_FAILED
-    elif every_node_completed(tags, pipeline_nodes):
-        target = RUN_FINISHED
-    else:
-        target = RUN_RUNNING
-    return None if target == status else target
+
+def step_start_status(outcomes: Outcomes, node_count: int) -> str | None:
+    """For a run that was ended early: RUNNING again, unless its nodes say it is done."""
+    return None if step_end_status(outcomes, node_count) else RUN_RUNNING

@@ -15,27 +15,29 @@ from datetime import datetime, timezone
 
 from kedro_vertex_hooks.naming import (
     MAX_TAG_VALUE_LENGTH,
+    METRIC_NODE_COMPLETED,
     METRIC_NODE_DURATION,
     METRIC_NODE_PEAK_RSS,
+    METRIC_NODE_STARTED,
+    METRIC_NODE_STARTUP,
     NODE_COMPLETED,
     NODE_FAILED,
     NODE_LOST,
     NODE_RUNNING,
+    RECORD_METRICS,
     TAG_ERROR,
     TAG_FAILED_NODE,
     TAG_JOB_ID,
     TAG_JOB_NAME,
-    TAG_NODE_ENDED,
+    TAG_NODE_ERROR,
     TAG_NODE_HOST,
-    TAG_NODE_STARTED,
-    TAG_NODE_STATUS,
     TAG_PIPELINE,
-    node_from_key,
     node_key,
     trim,
 )
+from kedro_vertex_hooks.records import History, latest_by_step, node_positions
 
-NODE_NOT_RUN = "not run"  # display only: a pipeline node without any status tag
+NODE_NOT_RUN = "not run"  # display only: a pipeline node with nothing recorded
 TIMELINE_ARTIFACT = "timeline.html"
 NOTE_ERROR_CHARS = 2000  # the whole error stays in tag kedro.error
 HEADLINE_ERROR_CHARS = 160  # the error's first line, as the description's first line quotes it
@@ -53,7 +55,7 @@ OUTCOME_WORDS = {
 
 @dataclass(frozen=True)
 class NodeRecord:
-    """One node as the run recorded it: its Kedro name (key-legal if only known from tags)."""
+    """One node as the run recorded it (see records.py)."""
 
     name: str
     status: str
@@ -62,6 +64,8 @@ class NodeRecord:
     duration_s: float | None = None
     peak_rss_mb: float | None = None
     host: str | None = None
+    startup_s: float | None = None  # from its process's start to the node's start
+    error: str | None = None
 
     @property
     def elapsed_s(self) -> float | None:
@@ -92,13 +96,13 @@ class RunSummary:
         cls,
         status: str,
         tags: Mapping[str, str],
-        metrics: Mapping[str, float],
+        history: History,
         pipeline_nodes: Sequence[str] = (),
         project: str | None = None,
     ) -> RunSummary:
         return cls(
             status=status,
-            nodes=tuple(collect_nodes(tags, metrics, pipeline_nodes)),
+            nodes=tuple(collect_nodes(tags, history, pipeline_nodes)),
             failed_node=tags.get(TAG_FAILED_NODE),
             error=tags.get(TAG_ERROR),
             pipeline=tags.get(TAG_PIPELINE),
@@ -111,55 +115,46 @@ class RunSummary:
         return sum(1 for node in self.nodes if node.status == node_status)
 
 
-def parse_timestamp(text: str | None) -> datetime | None:
-    """An ISO-8601 tag value as an aware UTC datetime; None when absent or unreadable."""
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
-
-
-def recorded_node_names(tags: Mapping[str, str]) -> list[str]:
-    """Key-legal names of the nodes that have a status tag in the run."""
-    return [name for key in tags if (name := node_from_key(TAG_NODE_STATUS, key)) is not None]
+def _moment(seconds: float | None) -> datetime | None:
+    return datetime.fromtimestamp(seconds, timezone.utc) if seconds is not None else None
 
 
 def collect_nodes(
-    tags: Mapping[str, str], metrics: Mapping[str, float], pipeline_nodes: Sequence[str] = ()
+    tags: Mapping[str, str], history: History, pipeline_nodes: Sequence[str] = ()
 ) -> list[NodeRecord]:
-    """Every node of the pipeline plus any other node the run recorded, in the order they ran.
+    """Every node of the pipeline, in the order they started (nodes never run last), from
+    the record's metric histories and the per-node tags."""
+    positions = node_positions(pipeline_nodes)
+    latest = {key: latest_by_step(history.get(key, ())) for key in RECORD_METRICS}
 
-    ``pipeline_nodes`` are Kedro node names in pipeline order; their keys are built with
-    :func:`naming.node_key` for each prefix, exactly as the hooks wrote them.
-    """
-    names = list(dict.fromkeys(pipeline_nodes))
-    known = {node_from_key(TAG_NODE_STATUS, node_key(TAG_NODE_STATUS, name)) for name in names}
-    names = list(dict.fromkeys(names + sorted(set(recorded_node_names(tags)) - known)))
+    def number(key: str, position: int) -> float | None:
+        point = latest[key].get(position)
+        return point.value if point is not None else None
 
-    def number(prefix: str, name: str) -> float | None:
-        found = metrics.get(node_key(prefix, name))
-        return float(found) if found is not None else None
-
-    records = [
-        NodeRecord(
-            name=name,
-            status=tags.get(node_key(TAG_NODE_STATUS, name)) or NODE_NOT_RUN,
-            started_at=parse_timestamp(tags.get(node_key(TAG_NODE_STARTED, name))),
-            ended_at=parse_timestamp(tags.get(node_key(TAG_NODE_ENDED, name))),
-            duration_s=number(METRIC_NODE_DURATION, name),
-            peak_rss_mb=number(METRIC_NODE_PEAK_RSS, name),
-            host=tags.get(node_key(TAG_NODE_HOST, name)),
+    records = []
+    for name, position in positions.items():
+        started_s = number(METRIC_NODE_STARTED, position)
+        outcome = latest[METRIC_NODE_COMPLETED].get(position)
+        if outcome is not None and (started_s is None or outcome.timestamp >= started_s * 1000):
+            status = NODE_COMPLETED if outcome.value >= 1 else NODE_FAILED
+        else:
+            status = NODE_NOT_RUN if started_s is None else NODE_RUNNING
+        ended = status in (NODE_COMPLETED, NODE_FAILED) and outcome is not None
+        records.append(
+            NodeRecord(
+                name=name,
+                status=status,
+                started_at=_moment(started_s),
+                ended_at=_moment(outcome.timestamp / 1000) if ended and outcome else None,
+                duration_s=number(METRIC_NODE_DURATION, position) if ended else None,
+                peak_rss_mb=number(METRIC_NODE_PEAK_RSS, position),
+                host=tags.get(node_key(TAG_NODE_HOST, name)),
+                startup_s=number(METRIC_NODE_STARTUP, position),
+                error=tags.get(node_key(TAG_NODE_ERROR, name)) if status == NODE_FAILED else None,
+            )
         )
-        for name in names
-    ]
-    position = {name: index for index, name in enumerate(names)}
     never = datetime.max.replace(tzinfo=timezone.utc)
-    return sorted(records, key=lambda r: (r.started_at or never, position[r.name]))
+    return sorted(records, key=lambda r: (r.started_at or never, positions[r.name]))
 
 
 # -- formatting helpers ------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """``timeline.html``: a self-contained Gantt chart of the run's nodes (inline SVG and CSS).
 
-One bar per node from its start to its end, coloured by status, the failed node's row marked;
+One bar per node from its start to its end, coloured by status, after a pale bar for its
+process's start-up (where the time between nodes goes), the failed node's row marked;
 the chart scales to the width it is shown in; nothing is fetched from the network, so MLflow's
 artifact viewer shows it as is.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from kedro_vertex_hooks.naming import NODE_COMPLETED, NODE_FAILED, NODE_LOST, NODE_RUNNING
 from kedro_vertex_hooks.summary import (
@@ -42,14 +43,26 @@ _LABEL_CHARS = 28
 _RIGHT_MARGIN = 80  # room for the duration written after a bar
 _CAPTION_UNITS_PER_CHAR = 7  # 12-unit text, generously
 _FAILED_ROW = "#fdecea"
+_STARTUP_COLOUR = "#cfd8dc"
 
 
 def _colour(node_status: str) -> str:
     return STATUS_COLOURS.get(node_status, _OTHER_COLOUR)
 
 
+def _process_start(node: NodeRecord) -> datetime | None:
+    if node.started_at is None or node.startup_s is None:
+        return None
+    return node.started_at - timedelta(seconds=node.startup_s)
+
+
 def _bounds(nodes: Sequence[NodeRecord]) -> tuple[datetime, datetime] | None:
-    moments = [m for node in nodes for m in (node.started_at, node.ended_at) if m is not None]
+    moments = [
+        m
+        for node in nodes
+        for m in (_process_start(node), node.started_at, node.ended_at)
+        if m is not None
+    ]
     if not moments:
         return None
     return min(moments), max(moments)
@@ -82,6 +95,8 @@ def clock(moment: datetime) -> str:
 
 def _node_tooltip(node: NodeRecord) -> str:
     parts = [node.name, f"status: {node.status}"]
+    if node.startup_s is not None:
+        parts.append(f"process start-up: {format_duration(node.startup_s)}")
     if node.started_at:
         parts.append(f"start: {clock(node.started_at)}")
     if node.ended_at:
@@ -135,9 +150,10 @@ def _svg(summary: RunSummary) -> str:
             f"{html.escape(tick_label(tick))}</text>"
         )
         tick += step
+    first = "first process" if any(_process_start(n) for n in nodes) else "first node"
     out.append(
         f'<text x="{_LABEL_WIDTH}" y="{height - 6}" class="caption">'
-        "time since the first node started</text>"
+        f"time since the {first} started</text>"
     )
 
     for row, node in enumerate(nodes):
@@ -149,6 +165,14 @@ def _svg(summary: RunSummary) -> str:
             f'<g><title>{tooltip}</title><text x="{_LABEL_WIDTH - 8}" y="{y + 17}" '
             f'class="{label_class}">{html.escape(label)}</text>'
         )
+        process_start = _process_start(node)
+        if bounds and process_start and node.started_at:
+            px = _LABEL_WIDTH + (process_start - bounds[0]).total_seconds() * scale
+            width_s = (node.started_at - process_start).total_seconds()
+            out.append(
+                f'<rect x="{px:.1f}" y="{y + 8}" width="{width_s * scale:.1f}" '
+                f'height="{_ROW_HEIGHT - 16}" fill="{_STARTUP_COLOUR}" class="startup"/>'
+            )
         if bounds and node.started_at:
             end = node.ended_at or bounds[1]
             x = _LABEL_WIDTH + (node.started_at - bounds[0]).total_seconds() * scale
@@ -185,6 +209,11 @@ def _legend(summary: RunSummary) -> str:
         f"{html.escape(s)} ({summary.count(s)})</span>"
         for s in shown
     ]
+    if any(_process_start(n) for n in summary.nodes):
+        items.append(
+            f'<span class="key"><span class="swatch" style="background:{_STARTUP_COLOUR}">'
+            "</span>process start-up</span>"
+        )
     return '<p class="legend">' + "".join(items) + "</p>"
 
 

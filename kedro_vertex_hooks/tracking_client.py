@@ -59,6 +59,25 @@ class Run:
 
 
 @dataclass(frozen=True)
+class Metric:
+    """One metric point, with the attributes of ``mlflow.entities.Metric``."""
+
+    key: str
+    value: float
+    timestamp: int  # milliseconds since the epoch
+    step: int = 0
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> Metric:
+        return cls(
+            key=body["key"],
+            value=float(body["value"]),
+            timestamp=int(body.get("timestamp", 0)),
+            step=int(body.get("step", 0)),
+        )
+
+
+@dataclass(frozen=True)
 class Experiment:
     experiment_id: str
     lifecycle_stage: str
@@ -68,6 +87,14 @@ class TrackingClient(Protocol):
     """The tracking calls the hooks make, with ``MlflowClient``'s names and arguments."""
 
     def get_run(self, run_id: str) -> Any: ...
+
+    def touch_run(self, run_id: str) -> RunInfo:
+        """The run's info without its data (params, tags, metrics), which grow with the
+        pipeline; raises like ``get_run`` for a run that does not exist, and reports a
+        deleted run as ``lifecycle_stage == "deleted"``."""
+        ...
+
+    def get_metric_history(self, run_id: str, key: str) -> Sequence[Any]: ...
 
     def create_run(
         self,
@@ -89,8 +116,7 @@ class TrackingClient(Protocol):
         *,
         params: Mapping[str, str],
         tags: Mapping[str, str],
-        metrics: Mapping[str, float],
-        timestamp_ms: int,
+        metrics: Sequence[Metric],
     ) -> None: ...
 
     def set_terminated(self, run_id: str, status: str = ...) -> None: ...
@@ -104,6 +130,13 @@ class TrackingClient(Protocol):
     def create_experiment(self, name: str) -> str: ...
 
     def restore_experiment(self, experiment_id: str) -> None: ...
+
+
+def is_inactive_run_error(error: Exception) -> bool:
+    """True for MLflow's refusal to change a deleted run (either client's exception)."""
+    return getattr(
+        error, "error_code", None
+    ) == "INVALID_PARAMETER_VALUE" and "must be in the 'active' state" in str(error)
 
 
 def _pairs(items: Sequence[Mapping[str, Any]]) -> dict[str, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kedro_vertex_hooks.config import ParamsConfig, RequestHeaderProviderConfig
@@ -27,6 +27,7 @@ class SessionSpec:
     params_config: dict[str, Any]
     header_provider_config: dict[str, Any]
     hook_options: dict[str, Any]
+    pipeline_nodes: list[str] = field(default_factory=list)  # their order gives positions
 
     @property
     def header_provider(self) -> RequestHeaderProviderConfig:

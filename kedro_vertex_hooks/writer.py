@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 from kedro_vertex_hooks.errors import UserError
 from kedro_vertex_hooks.naming import (
     MAX_TAG_VALUE_LENGTH,
-    TAG_NODE_STATUS,
     TAG_PARAM_CONFLICT,
     node_key,
     trim,
 )
+from kedro_vertex_hooks.records import Outcomes, read_outcomes
 from kedro_vertex_hooks.retry import (
     OutageClock,
     TrackingError,
@@ -36,7 +36,7 @@ from kedro_vertex_hooks.retry import (
 )
 
 if TYPE_CHECKING:
-    from kedro_vertex_hooks.tracking_client import Run, TrackingClient
+    from kedro_vertex_hooks.tracking_client import Metric, TrackingClient
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class Write:
 
     params: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: list[Metric] = field(default_factory=list)
     status: str | None = None
     artifact: tuple[str, str | None] | None = None  # (local path, artifact folder)
 
@@ -75,7 +75,7 @@ class Write:
 
     def names(self) -> list[str]:
         """What this write carries, by name, for a report of what was not delivered."""
-        names = [*self.params, *self.tags, *self.metrics]
+        names = [*self.params, *self.tags, *(metric.key for metric in self.metrics)]
         if self.status is not None:
             names.append(f"run status {self.status}")
         if self.artifact is not None:
@@ -85,7 +85,7 @@ class Write:
     def merge(self, other: Write) -> None:
         self.params.update(other.params)
         self.tags.update(other.tags)
-        self.metrics.update(other.metrics)
+        self.metrics.extend(other.metrics)
 
 
 @dataclass
@@ -116,8 +116,9 @@ class DeliveryReport:
 class RunWriter:
     """Queue of writes to one run, delivered by a background thread or on the caller's thread.
 
-    ``known_params`` is what the run held when it was read at start; equal re-logs are dropped
-    before sending and different values become conflicts instead of failing the batch.
+    ``known_params`` is what the run is known to hold (empty for a run resumed by id, which is
+    not read whole); equal re-logs are dropped before sending and different values become
+    conflicts instead of failing the batch (learnt from the server's refusal otherwise).
 
     Through an outage, writes wait in the queue and are retried within ``outage_budget_s``
     (one budget per outage, shared by every write and read of the step); a busy server is
@@ -147,7 +148,6 @@ class RunWriter:
         self._background = background and not strict
         self.report = DeliveryReport()
         self._lock = threading.Lock()
-        self._sent_statuses: dict[str, str] = {}
         self._start_queue()
 
     # -- public surface -------------------------------------------------------------------
@@ -178,36 +178,22 @@ class RunWriter:
         self._queue.put(done)
         return done.wait(timeout_s)
 
-    def read_run(self) -> Run | None:
-        """The run as the server holds it now, read through an outage like a write.
+    def read_outcomes(self) -> Outcomes | None:
+        """The nodes' outcomes recorded so far (see records.py), read through an outage like
+        a write; None (with a warning) when they cannot be read; in strict mode the error is
+        raised."""
+        return self._read(lambda: read_outcomes(self._client, self.run_id), "node outcomes")
 
-        A request that timed out may still reach the server later and overwrite a newer
-        value: node status tags this writer sent that read differently are written again.
-        None (with a warning) when the run cannot be read; in strict mode the error is raised.
-        """
-        what = f"MLflow run {self.run_id}"
+    def _read(self, action: Callable[[], T], what: str) -> T | None:
+        where = f"MLflow run {self.run_id}"
         try:
-            run = self._call(lambda: self._client.get_run(self.run_id), what)[0]
-            overwritten = {
-                key: value
-                for key, value in self._sent_statuses.items()
-                if run.data.tags.get(key) != value
-            }
-            if not overwritten:
-                return run
-            logger.warning(
-                "%s: a late copy of an earlier write overwrote %s; writing them again",
-                what,
-                ", ".join(sorted(overwritten)),
-            )
-            self._deliver(Write(tags=overwritten))
-            return self._call(lambda: self._client.get_run(self.run_id), what)[0]
+            return self._call(action, where)[0]
         except Exception as exc:
             if self._strict:
                 raise
             with self._lock:
                 self.report.last_error = short_error(exc)
-            logger.warning("%s: cannot read the run: %s", what, self.report.last_error)
+            logger.warning("%s: cannot read %s: %s", where, what, self.report.last_error)
             return None
 
     def close(self, timeout_s: float | None = None) -> DeliveryReport:
@@ -324,8 +310,7 @@ class RunWriter:
                 self.run_id,
                 params=params,
                 tags=write.tags,
-                metrics={k: float(v) for k, v in write.metrics.items()},
-                timestamp_ms=int(time.time() * 1000),
+                metrics=write.metrics,
             )
         except Exception as exc:
             if refreshed or not params or not any(s in str(exc) for s in _PARAM_RACE_SIGNS):
@@ -337,10 +322,6 @@ class RunWriter:
             self._send(write, refreshed=True)
             return
         self._known_params.update(params)
-        status_prefix = TAG_NODE_STATUS + "."
-        self._sent_statuses.update(
-            (k, v) for k, v in write.tags.items() if k.startswith(status_prefix)
-        )
         if write.artifact:
             path, folder = write.artifact
             self._client.log_artifact(self.run_id, path, folder)

@@ -33,9 +33,7 @@ from kedro_vertex_hooks.naming import (
     TAG_FAILED_NODE,
     TAG_JOB_ID,
     TAG_JOB_NAME,
-    TAG_NODE_STATUS,
     TAG_RUN_NOTE,
-    node_key,
 )
 from kedro_vertex_hooks.summary import TIMELINE_ARTIFACT
 from tests.support.airflow import AIRFLOW_PYTHON, Airflow
@@ -44,6 +42,7 @@ from tests.support.project import SAMPLE_NODES, Project, base_env
 from tests.support.tracked import (
     assert_finished_with_every_node_completed,
     every_run_id,
+    node_statuses,
     note_node_rows,
 )
 
@@ -115,14 +114,18 @@ def search_runs(client: Any, job_id: str) -> list[Any]:
 
 def kill_mid_node(airflow: Airflow, client: Any, dag_id: str, run_id: str, node: str) -> None:
     """SIGKILL the task process of ``node`` once MLflow shows the node ``running``."""
-    task_id, status_tag = node.replace("_", "-"), node_key(TAG_NODE_STATUS, node)
+    task_id = node.replace("_", "-")
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         task = airflow.task_instances(dag_id, run_id).get(task_id, {})
         if task.get("state") in ("success", "failed", "upstream_failed"):
             break  # ended before it could be killed
         runs = search_runs(client, f"{dag_id}/{run_id}") if task.get("state") == "running" else []
-        if runs and task.get("pid") and runs[0].data.tags.get(status_tag) == "running":
+        if (
+            runs
+            and task.get("pid")
+            and node_statuses(client, runs[0].info.run_id).get(node) == "running"
+        ):
             assert os.getsid(task["pid"]) == airflow.session  # ours to kill
             os.kill(task["pid"], signal.SIGKILL)
             return
@@ -187,10 +190,10 @@ def check_stock_dag_clean_run_is_one_finished_mlflow_run(deployment: Deployment)
     assert dag_run.state == "success", dag_run.why()
     run = dag_run.the_run
 
-    assert_finished_with_every_node_completed(run)
+    assert_finished_with_every_node_completed(deployment.client, run.info.run_id)
     assert run.data.tags[TAG_JOB_ID] == f"{dag_run.dag_id}/{dag_run.run_id}"  # findable
     assert run.data.tags[TAG_JOB_NAME] == STOCK
-    assert run.info.run_name == STOCK
+    assert run.info.run_name == f"{dag_run.run_id} · {STOCK}"  # distinguishing part first
     assert TAG_RUN_NOTE not in run.data.tags  # no finalize in the stock DAG
 
 
@@ -206,10 +209,11 @@ def check_stock_dag_failing_run_is_one_failed_mlflow_run(deployment: Deployment)
     tags = run.data.tags
     assert tags[TAG_FAILED_NODE] == "quality_gate"
     assert tags[TAG_ERROR].startswith("ValueError: quality gate rejected the model")
-    assert tags[node_key(TAG_NODE_STATUS, "quality_gate")] == "failed"
-    assert node_key(TAG_NODE_STATUS, "publish") not in tags  # Airflow never ran it
+    statuses = node_statuses(deployment.client, run.info.run_id)
+    assert statuses["quality_gate"] == "failed"  # on both tries
+    assert "publish" not in statuses  # Airflow never ran it
     for name in SAMPLE_NODES[: SAMPLE_NODES.index("quality_gate")]:
-        assert tags[node_key(TAG_NODE_STATUS, name)] == "completed", name
+        assert statuses[name] == "completed", name
     assert tags[TAG_JOB_ID] == f"{dag_run.dag_id}/{dag_run.run_id}"
     assert tags[TAG_JOB_NAME] == STOCK
 
@@ -236,8 +240,8 @@ def check_template_clean_run_is_finished_and_summarised_by_the_teardown(
     assert_finalize_ran_as_teardown(dag_run)
     run = dag_run.the_run
 
-    assert_finished_with_every_node_completed(run)
-    assert run.info.run_name == WITH_FINALIZE  # start-run names it after the job
+    assert_finished_with_every_node_completed(deployment.client, run.info.run_id)
+    assert run.info.run_name == f"{dag_run.run_id} · {WITH_FINALIZE}"  # start-run names it
     assert run.data.tags[TAG_JOB_NAME] == WITH_FINALIZE
     note = run.data.tags[TAG_RUN_NOTE]  # finalize's summary
     assert note.startswith("**FINISHED**: the pipeline succeeded  \n13 of 13 nodes completed")
@@ -260,7 +264,8 @@ def check_template_killed_task_is_lost_and_the_run_failed_by_the_teardown(
     # No node failed: only Airflow's verdict, passed on by the teardown, makes it FAILED.
     assert run.info.status == "FAILED", dag_run.why()
     tags = run.data.tags
-    assert tags[node_key(TAG_NODE_STATUS, "quality_gate")] == "lost"
+    # Started, never ended: the record says running, finalize's summary says lost.
+    assert node_statuses(deployment.client, run.info.run_id)["quality_gate"] == "running"
     assert TAG_FAILED_NODE not in tags
     note = tags[TAG_RUN_NOTE]
     assert note.startswith("**FAILED**: the pipeline failed  \n11 of 13 nodes completed, 1 lost")

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kedro_vertex_hooks.naming import TAG_NODE_STATUS, node_key
 from tests.support.auth_stack import (
     AUDIENCE,
     AuthStack,
@@ -23,6 +22,7 @@ from tests.support.auth_stack import (
     install_third_party_provider,
 )
 from tests.support.project import FULL_PYTHON, SAMPLE_NODES, SAMPLE_STEPS, Project
+from tests.support.tracked import node_statuses
 
 REPO = Path(__file__).resolve().parents[1]
 IAM_ACCOUNT = "pipeline-tracker@fake-project.iam.gserviceaccount.com"
@@ -80,8 +80,7 @@ def assert_ok(code: int, output: str) -> None:
 def assert_every_node_completed(client, run_id: str) -> None:
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    for name in SAMPLE_NODES:
-        assert run.data.tags[node_key(TAG_NODE_STATUS, name)] == "completed", name
+    assert node_statuses(client, run_id) == dict.fromkeys(SAMPLE_NODES, "completed")
 
 
 def test_per_node_steps_with_each_provider_have_no_rejected_request(
@@ -218,7 +217,7 @@ def test_unusable_provider_stops_kedro_run_before_the_first_node(
     assert secret not in printed
     assert "Completed node" not in output and "Running node" not in output
     assert stack.proxy.accepted == 0
-    assert client.get_run(run_id).data.tags.get(node_key(TAG_NODE_STATUS, "make_raw_data")) is None
+    assert node_statuses(client, run_id) == {}
 
 
 def test_a_token_the_proxy_refuses_stops_the_step_with_the_cause_in_words(

@@ -17,13 +17,15 @@ from kedro_vertex_hooks.naming import (
     MAX_TAG_VALUE_LENGTH,
     TAG_ERROR,
     TAG_FAILED_NODE,
-    TAG_NODE_STATUS,
+    TAG_NODE_ERROR,
+    TAG_NODE_HOST,
     legal_key,
     node_key,
 )
 from tests.support.generated_project import generate_project
 from tests.support.odd_values import EXPECTED_TEXT
 from tests.support.project import FULL_PYTHON, REPO, Project, base_env
+from tests.support.tracked import node_statuses
 
 NODES = """
 import os
@@ -214,13 +216,11 @@ def test_odd_parameters_and_node_names_are_logged_never_fatal(client, mlflow_ser
         _validate_param_name(key)
         assert len(key) <= MAX_KEY_LENGTH
 
-    statuses = {
-        key: value for key, value in run.data.tags.items() if key.startswith(TAG_NODE_STATUS)
-    }
-    assert statuses[node_key(TAG_NODE_STATUS, "clean..data-v2")] == "completed"
-    assert statuses[node_key(TAG_NODE_STATUS, "n" * 300)] == "completed"
-    assert node_key(TAG_NODE_STATUS, "clean..data-v2") == f"{TAG_NODE_STATUS}.clean__data-v2"
-    assert len(statuses) == 2
+    order = ["clean..data-v2", "n" * 300]  # Kedro's order: independent nodes, by name
+    assert node_statuses(client, run_id, order) == dict.fromkeys(order, "completed")
+    hosts = {key for key in run.data.tags if key.startswith(TAG_NODE_HOST)}
+    assert hosts == {f"{TAG_NODE_HOST}.clean__data-v2", node_key(TAG_NODE_HOST, "n" * 300)}
+    assert all(len(key) <= MAX_KEY_LENGTH for key in hosts)
 
 
 def test_a_resumed_run_keeps_its_experiment(client, mlflow_server, tmp_path):
@@ -253,4 +253,5 @@ def test_a_failure_message_that_is_not_utf8_or_too_long_is_recorded(
     assert error.startswith("ValueError: bad \ufffd byte xxx")
     assert len(error) <= MAX_TAG_VALUE_LENGTH
     assert error.endswith("...[truncated]")
-    assert run.data.tags[node_key(TAG_NODE_STATUS, "fails.badly")] == "failed"
+    assert node_statuses(client, run_id, ["fails.badly"]) == {"fails.badly": "failed"}
+    assert run.data.tags[node_key(TAG_NODE_ERROR, "fails.badly")] == error

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import subprocess
 
-from kedro_vertex_hooks.naming import TAG_NODE_STATUS, node_key
 from tests.support.project import SAMPLE_NODES, SKINNY_PYTHON, Project, base_env
-from tests.support.tracked import artifact_json, every_run_id, local_json
+from tests.support.tracked import artifact_json, every_run_id, local_json, node_statuses
 
 
 def skinny(code: str) -> subprocess.CompletedProcess[str]:
@@ -52,8 +51,7 @@ def test_per_node_steps_on_mlflow_skinny_log_the_hook_option_datasets(
 
     assert statuses == ["RUNNING"] * 4 + ["FINISHED"]
     run = client.get_run(run_id)
-    for name in SAMPLE_NODES:
-        assert run.data.tags[node_key(TAG_NODE_STATUS, name)] == "completed", name
+    assert node_statuses(client, run_id) == dict.fromkeys(SAMPLE_NODES, "completed")
     assert run.data.params["model.linear.regularization.l2"] == "0.01"
     linear = local_json(project.root, "linear_metrics")
     tree = local_json(project.root, "tree_metrics")

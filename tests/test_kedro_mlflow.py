@@ -20,12 +20,11 @@ from kedro_vertex_hooks.naming import (
     TAG_JOB_ID,
     TAG_JOB_NAME,
     TAG_LATEST_NODE,
-    TAG_NODE_STATUS,
     TAG_PARAM_CONFLICT,
     node_key,
 )
 from tests.support.project import FULL_PYTHON, SAMPLE_NODES, Project, base_env
-from tests.support.tracked import artifact_json, every_run_id, local_json
+from tests.support.tracked import artifact_json, every_run_id, local_json, node_statuses
 
 ENV = "kedro_mlflow"
 
@@ -150,8 +149,7 @@ def test_per_node_steps_beside_an_active_kedro_mlflow_hook(client, mlflow_server
     assert run.data.tags[TAG_JOB_NAME] == "nightly"
     assert run.data.tags[TAG_LATEST_NODE] == "publish"
     assert "kedro_command" not in run.data.tags  # kedro-mlflow's run tags never landed
-    for name in SAMPLE_NODES:
-        assert run.data.tags[node_key(TAG_NODE_STATUS, name)] == "completed", name
+    assert node_statuses(client, run_id) == dict.fromkeys(SAMPLE_NODES, "completed")
     assert run.data.params["report.title"] == "Sample project report"
     assert run.data.tags[node_key(TAG_PARAM_CONFLICT, "report.title")] == "Rerun title"
     for key, value in FLAT_PARAMS.items():
@@ -225,8 +223,7 @@ def test_parallel_spawn_workers_log_hook_options_and_kedro_mlflow_metrics(
 
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    for name in SAMPLE_NODES:
-        assert run.data.tags[node_key(TAG_NODE_STATUS, name)] == "completed", name
+    assert node_statuses(client, run_id) == dict.fromkeys(SAMPLE_NODES, "completed")
     for key, value in FLAT_PARAMS.items():
         assert run.data.params[key] == value, key
     assert not UNFLATTENED_KEYS & set(run.data.params)

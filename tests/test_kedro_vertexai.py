@@ -23,14 +23,18 @@ from kedro_vertex_hooks.naming import (
     TAG_JOB_ID,
     TAG_JOB_NAME,
     TAG_LATEST_NODE,
-    TAG_NODE_STATUS,
+    TAG_NODE_ERROR,
     TAG_PIPELINE,
     node_key,
 )
 from tests.support.auth_stack import AUDIENCE, AuthStack, google_free_env
 from tests.support.mlflow_server import MlflowServer, free_port
 from tests.support.project import SAMPLE_NODES, base_env
-from tests.support.tracked import assert_finished_with_every_node_completed, every_run_id
+from tests.support.tracked import (
+    assert_finished_with_every_node_completed,
+    every_run_id,
+    node_statuses,
+)
 from tests.support.vertexai import (
     VERTEXAI_PYTHON,
     VERTEXAI_VENV,
@@ -82,7 +86,7 @@ def run_compiled(
     def after(result) -> None:
         run_ids = every_run_id(client) - before
         run = client.get_run(next(iter(run_ids))) if len(run_ids) == 1 else None
-        tags = run.data.tags if run else {}
+        statuses = node_statuses(client, run.info.run_id) if run else {}
         with lock:
             seen.append(
                 Seen(
@@ -92,9 +96,7 @@ def run_compiled(
                     run_ids=run_ids,
                     status=run.info.status if run else "",
                     name=run.info.run_name if run else "",
-                    node_status={
-                        n: tags.get(node_key(TAG_NODE_STATUS, n), "") for n in SAMPLE_NODES
-                    },
+                    node_status={n: statuses.get(n, "") for n in SAMPLE_NODES},
                 )
             )
 
@@ -184,8 +186,8 @@ def test_compiled_pipeline_leaves_one_run_running_then_finished(
     assert [s.status for s in node_steps[:-1]] == ["RUNNING"] * (len(node_steps) - 1)
     assert node_steps[-1].status == "FINISHED"
 
+    assert_finished_with_every_node_completed(client, run_id)
     run = client.get_run(run_id)
-    assert_finished_with_every_node_completed(run)
     assert run.info.run_name == first.name
     assert run.data.tags[TAG_JOB_ID] == job_id
     assert run.data.tags[TAG_JOB_NAME] == job_name
@@ -232,9 +234,11 @@ def test_compiled_pipeline_with_a_failing_node_stays_failed(grouping, server_2x,
     assert run.info.run_name == seen[0].name
     assert run.data.tags[TAG_FAILED_NODE] == FAILING_NODE
     assert run.data.tags[TAG_ERROR].startswith("ValueError: range() arg 3 must not be zero")
-    assert run.data.tags[node_key(TAG_NODE_STATUS, FAILING_NODE)] == "failed"
+    statuses = node_statuses(client, run_id)
+    assert statuses[FAILING_NODE] == "failed"
+    assert run.data.tags[node_key(TAG_NODE_ERROR, FAILING_NODE)] == run.data.tags[TAG_ERROR]
     for node in NEVER_RUN:
-        assert node_key(TAG_NODE_STATUS, node) not in run.data.tags, node
+        assert node not in statuses, node
     assert run.data.tags[TAG_JOB_ID] == job_id
 
 
@@ -270,5 +274,4 @@ def test_a_kedro_vertexai_provider_that_cannot_fetch_a_token_stops_the_step_in_w
     assert last_line.startswith("Error: Request header provider"), output[-3000:]
     assert KEDRO_VERTEXAI_OAUTH in last_line and AUDIENCE in last_line, last_line
     assert "metadata server" in last_line, last_line
-    tags = client.get_run(run_id).data.tags
-    assert node_key(TAG_NODE_STATUS, SAMPLE_NODES[0]) not in tags
+    assert node_statuses(client, run_id) == {}

@@ -19,16 +19,17 @@ from kedro_vertex_hooks.lifecycle import (
     terminal_status,
 )
 from kedro_vertex_hooks.naming import (
+    RECORD_METRICS,
     TAG_FAILED_NODE,
     TAG_JOB_ID,
     TAG_JOB_NAME,
-    TAG_NODE_STATUS,
     TAG_RUN_NOTE,
-    node_key,
 )
+from kedro_vertex_hooks.records import end_points, start_points
 from kedro_vertex_hooks.summary import NodeRecord
 from tests.support.mlflow_server import free_port
 from tests.support.project import base_env
+from tests.support.tracked import node_statuses
 
 EXPERIMENT = "sample_project"  # sample_project's package name: where its runs go
 
@@ -77,18 +78,21 @@ def test_orchestrator_states_are_read_case_insensitively_and_unknown_ones_ignore
 
 
 def test_a_running_node_becomes_lost_and_planning_again_changes_nothing():
-    tags = {
-        node_key(TAG_NODE_STATUS, "a"): "completed",
-        node_key(TAG_NODE_STATUS, "b"): "running",
-    }
-    first = plan_finalize("RUNNING", tags, {}, ["a", "b", "c"], "FAILED")
+    # Node a (position 0) started and completed; b (1) started, its process died; c never ran.
+    points = [
+        *start_points(0, 1_700_000_000.0, 2.0),
+        *end_points(0, True, 1.5, 120.0),
+        *start_points(1, 1_700_000_010.0, 2.0),
+    ]
+    history = {key: [p for p in points if p.key == key] for key in RECORD_METRICS}
+    first = plan_finalize("RUNNING", {}, history, ["a", "b", "c"], "FAILED")
 
     assert first.status == "FAILED" and first.change_status
     assert first.lost_nodes == ("b",)
-    assert first.tags[node_key(TAG_NODE_STATUS, "b")] == "lost"
     assert "1 lost, 1 not run" in first.tags[TAG_RUN_NOTE]
+    assert [n.status for n in first.summary.nodes] == ["completed", "lost", "not run"]
 
-    second = plan_finalize("FAILED", {**tags, **first.tags}, {}, ["a", "b", "c"], "FAILED")
+    second = plan_finalize("FAILED", first.tags, history, ["a", "b", "c"], "FAILED")
     assert second.tags == {} and not second.change_status
     assert second.timeline_html == first.timeline_html
 
@@ -134,9 +138,8 @@ def test_a_step_killed_during_a_node_is_lost_after_finalize_and_finalize_is_idem
     (project.root / "data" / "report.json").write_text(json.dumps({"choice": {"best": "tree"}}))
     env = env_for(mlflow_server, tmp_path, MLFLOW_RUN_ID=run_id)
     step = project.start(["run", "--nodes", "quality_gate", "--params", "failure.sleep_s=120"], env)
-    status_key = node_key(TAG_NODE_STATUS, "quality_gate")
     deadline = time.monotonic() + 90
-    while client.get_run(run_id).data.tags.get(status_key) != "running":
+    while node_statuses(client, run_id).get("quality_gate") != "running":
         assert step.poll() is None, step.stdout.read()[-3000:]
         assert time.monotonic() < deadline, "the node never reported running"
         time.sleep(0.2)
@@ -148,7 +151,6 @@ def test_a_step_killed_during_a_node_is_lost_after_finalize_and_finalize_is_idem
 
     assert closed.returncode == 0, closed.stderr[-3000:]
     run = client.get_run(run_id)
-    assert run.data.tags[status_key] == "lost"
     assert run.info.status == "KILLED"
     assert TAG_FAILED_NODE not in run.data.tags
     note = run.data.tags[TAG_RUN_NOTE]

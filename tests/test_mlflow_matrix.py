@@ -112,5 +112,5 @@ def test_the_run_lives_and_ends_through_each_client_against_each_server(version,
     assert closed.returncode == 0, (closed.stdout + closed.stderr)[-3000:]
 
     assert statuses == ["RUNNING", "FINISHED"]
-    assert_finished_with_every_node_completed(client.get_run(run_id))
+    assert_finished_with_every_node_completed(client, run_id)
     assert {a.path for a in client.list_artifacts(run_id)} >= {"report"}

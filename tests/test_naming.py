@@ -9,12 +9,11 @@ from kedro_vertex_hooks.naming import (
     DEFAULT_SECRET_PATTERNS,
     MAX_KEY_LENGTH,
     MAX_PARAM_VALUE_LENGTH,
-    TAG_NODE_STATUS,
+    TAG_NODE_HOST,
     clean_text,
     flatten,
     is_secret_key,
     legal_key,
-    node_from_key,
     node_key,
     node_params,
     trim,
@@ -79,17 +78,17 @@ def test_long_keys_stay_distinct_and_within_the_limit():
     "node_name",
     ["train model (v2)", "n" * 300, "a/b", "名前", "split:train", "x" * 236 + "?"],
 )
-def test_node_keys_are_legal_and_map_back_to_the_same_node_part(node_name):
-    key = node_key(TAG_NODE_STATUS, node_name)
+def test_node_keys_are_legal_and_keep_the_node_part(node_name):
+    key = node_key(TAG_NODE_HOST, node_name)
     assert_mlflow_accepts_key(key)
-    assert node_from_key(TAG_NODE_STATUS, key) == legal_key(
-        node_name, MAX_KEY_LENGTH - len(TAG_NODE_STATUS) - 1
+    assert key == TAG_NODE_HOST + "." + legal_key(
+        node_name, MAX_KEY_LENGTH - len(TAG_NODE_HOST) - 1
     )
 
 
 def test_two_long_node_names_with_a_common_start_get_different_keys():
     prefix = "preprocess_" * 30
-    assert node_key(TAG_NODE_STATUS, prefix + "a") != node_key(TAG_NODE_STATUS, prefix + "b")
+    assert node_key(TAG_NODE_HOST, prefix + "a") != node_key(TAG_NODE_HOST, prefix + "b")
 
 
 def test_trim_marks_the_cut_and_respects_the_limit():

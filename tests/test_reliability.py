@@ -23,7 +23,7 @@ from kedro_vertex_hooks.naming import (
     METRIC_NODE_PEAK_RSS,
     NODE_COMPLETED,
     TAG_LATEST_NODE,
-    TAG_NODE_STATUS,
+    TAG_NODE_HOST,
     node_key,
 )
 from tests.support.generated_project import generate_project, write_logging_config
@@ -36,7 +36,7 @@ from tests.support.parallel_steps import (
 )
 from tests.support.project import SAMPLE_NODES, SAMPLE_STEPS, Project, base_env
 from tests.support.proxy import MlflowProxy
-from tests.support.tracked import every_run_id
+from tests.support.tracked import by_node, every_run_id, node_statuses
 
 GATE_SLEEP_S = 4
 EXPECTED_PARAMS = {
@@ -100,8 +100,8 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 60) -> None:
         time.sleep(0.2)
 
 
-def node_status(client, run_id: str, node: str) -> str | None:
-    return client.get_run(run_id).data.tags.get(node_key(TAG_NODE_STATUS, node))
+def node_status(client, run_id: str, node: str, order: list[str] | None = None) -> str | None:
+    return node_statuses(client, run_id, order).get(node)
 
 
 def finish(process: subprocess.Popen[str]) -> tuple[int, str]:
@@ -114,10 +114,9 @@ def assert_run_holds_everything(client, run_id: str) -> None:
     assert run.info.status == "FINISHED"
     for key, value in EXPECTED_PARAMS.items():
         assert run.data.params.get(key) == value, key
-    for name in SAMPLE_NODES:
-        assert run.data.tags.get(node_key(TAG_NODE_STATUS, name)) == NODE_COMPLETED, name
-        assert node_key(METRIC_NODE_DURATION, name) in run.data.metrics, name
-        assert node_key(METRIC_NODE_PEAK_RSS, name) in run.data.metrics, name
+    assert node_statuses(client, run_id) == dict.fromkeys(SAMPLE_NODES, NODE_COMPLETED)
+    assert sorted(by_node(client, run_id, METRIC_NODE_DURATION)) == sorted(SAMPLE_NODES)
+    assert sorted(by_node(client, run_id, METRIC_NODE_PEAK_RSS)) == sorted(SAMPLE_NODES)
     assert run.data.tags[TAG_LATEST_NODE] == "publish"
 
 
@@ -160,6 +159,8 @@ def test_a_per_node_pipeline_completes_with_the_server_away_for_the_whole_budget
     assert_run_holds_everything(client, run_id)
     assert client.get_run(run_id).data.params[RETRY_PARAM] == "7"
 
+
+TWO_NODES = ["first", "slow"]  # Kedro's order: slow needs first
 
 RESTART_NODES = """
 import time
@@ -204,7 +205,7 @@ def test_a_real_server_restart_mid_node_loses_nothing(tmp_path: Path, logging_co
         run_id = new_run(client, "restart")
         env = step_env(logging_config, MLFLOW_TRACKING_URI=server.uri, MLFLOW_RUN_ID=run_id)
         step = project.start(["run"], env)
-        wait_for(lambda: node_status(client, run_id, "slow") == "running")
+        wait_for(lambda: node_status(client, run_id, "slow", TWO_NODES) == "running")
         restart.start()
         retried = project.start(["run", "--nodes", "first"], env)  # starts while it is away
         results = finish(step), finish(retried)
@@ -216,9 +217,8 @@ def test_a_real_server_restart_mid_node_loses_nothing(tmp_path: Path, logging_co
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED"
         assert run.data.params == {"first.value": "1", "slow.sleep_s": "3"}
-        for name in ("first", "slow"):
-            assert run.data.tags[node_key(TAG_NODE_STATUS, name)] == NODE_COMPLETED
-            assert node_key(METRIC_NODE_DURATION, name) in run.data.metrics
+        assert node_statuses(client, run_id, TWO_NODES) == dict.fromkeys(TWO_NODES, "completed")
+        assert sorted(by_node(client, run_id, METRIC_NODE_DURATION, TWO_NODES)) == TWO_NODES
     finally:
         restart.join()
         server.stop()
@@ -230,7 +230,7 @@ def test_a_busy_server_is_waited_for_past_the_outage_budget(client, proxy, proje
     with_hook_options(project, http_timeout_s=2, outage_budget_s=2)
     run_id = new_run(client, "503s")
     env = step_env(logging_config, MLFLOW_TRACKING_URI=proxy.uri, MLFLOW_RUN_ID=run_id)
-    proxy.fail(503, count=8, path_contains="runs/get")
+    proxy.fail(503, count=8, path_contains="runs/update")  # the step's first request
     # Four refusals of the first write: retried after 0.5, 1, 2 and 4 s, past the budget.
     proxy.fail(503, count=4, path_contains="runs/log-batch")
     result = output_of(project.run_nodes(["make_raw_data"], env))
@@ -239,8 +239,9 @@ def test_a_busy_server_is_waited_for_past_the_outage_budget(client, proxy, proje
     assert max(outage_lengths(result[1])) > 2 * 2  # twice outage_budget_s, and delivered
     assert "0 given up" in result[1]
     # Answers slower than http_timeout_s, more often than MLflow's own two retries absorb.
-    # (Reads: a write that timed out may still land later, see readme_reliability.md.)
-    proxy.slow(5, count=3, path_contains="runs/get")
+    # (The first request, which changes nothing: a write that timed out may still land
+    # later, see docs/reliability.md.)
+    proxy.slow(5, count=3, path_contains="runs/update")
     result = output_of(project.run_nodes(["clean_data"], env))
     assert_ok(result)
     assert "Read timed out" in result[1]
@@ -249,8 +250,8 @@ def test_a_busy_server_is_waited_for_past_the_outage_budget(client, proxy, proje
     run = client.get_run(run_id)
     assert run.data.params["data.seed"] == "42"
     assert run.data.params["cleaning.clip.low"] == "-5.0"
-    for name in ("make_raw_data", "clean_data"):
-        assert run.data.tags[node_key(TAG_NODE_STATUS, name)] == NODE_COMPLETED
+    statuses = node_statuses(client, run_id)
+    assert statuses == {"make_raw_data": NODE_COMPLETED, "clean_data": NODE_COMPLETED}
     proxy.wait_idle(timeout_s=10)  # the last slowed request is answered after the client left
     faults = [r.fault for r in proxy.stats().records if r.fault]
     assert faults.count("status") == 8 + 4
@@ -280,7 +281,7 @@ def test_a_step_whose_writes_are_given_up_says_so(
     error = next(line for line in output.splitlines() if line.startswith("Error: "))
     assert f"MLflow run {run_id}: " in error
     assert "could not be delivered" in error
-    assert node_key(TAG_NODE_STATUS, "make_raw_data") in error
+    assert node_key(TAG_NODE_HOST, "make_raw_data") in error
     assert "data.seed" in error
     assert "on_undelivered='warn'" in error
 

@@ -4,34 +4,47 @@ from __future__ import annotations
 
 import pytest
 
-from kedro_vertex_hooks.naming import TAG_FAILED_NODE, TAG_NODE_STATUS, node_key
-from kedro_vertex_hooks.resolve import RunSource
-from kedro_vertex_hooks.status import step_end_status
+from kedro_vertex_hooks.naming import METRIC_NODE_COMPLETED
+from kedro_vertex_hooks.records import Outcomes
+from kedro_vertex_hooks.resolve import RunSource, job_run_name
+from kedro_vertex_hooks.status import step_end_status, step_start_status, was_ended_early
+from kedro_vertex_hooks.tracking_client import Metric
 
-NODES = ["a", "b", "c"]
+NODE_COUNT = 3  # positions 0, 1, 2
 
 
-def statuses(**by_node: str) -> dict[str, str]:
-    return {node_key(TAG_NODE_STATUS, node): status for node, status in by_node.items()}
+def outcomes(*points: tuple[int, float]) -> Outcomes:
+    """Outcomes from (position, value) points, in the order they were logged."""
+    return Outcomes.from_points(
+        Metric(METRIC_NODE_COMPLETED, value, timestamp, position)
+        for timestamp, (position, value) in enumerate(points)
+    )
 
 
 def test_run_stays_running_while_a_node_of_the_pipeline_has_not_completed():
-    assert step_end_status("RUNNING", statuses(a="completed", b="completed"), NODES) is None
+    assert step_end_status(outcomes((0, 1), (1, 1)), NODE_COUNT) is None
 
 
 def test_run_finishes_when_every_node_of_the_pipeline_completed():
-    tags = statuses(a="completed", b="completed", c="completed")
-    assert step_end_status("RUNNING", tags, NODES) == "FINISHED"
+    assert step_end_status(outcomes((0, 1), (1, 1), (2, 1)), NODE_COUNT) == "FINISHED"
 
 
 def test_failed_is_sticky_even_when_every_node_completed_later():
-    tags = {**statuses(a="completed", b="completed", c="completed"), TAG_FAILED_NODE: "b"}
-    assert step_end_status("FAILED", tags, NODES) is None
-    assert step_end_status("RUNNING", tags, NODES) == "FAILED"
+    retried = outcomes((0, 1), (1, 0), (1, 1), (2, 1))
+    assert retried.every_node_completed(NODE_COUNT)
+    assert step_end_status(retried, NODE_COUNT) == "FAILED"
+
+
+def test_a_failure_outside_any_node_fails_the_run():
+    assert step_end_status(outcomes((0, 1), (1, 1), (2, 1), (3, 0)), NODE_COUNT) == "FAILED"
 
 
 def test_a_run_ended_early_by_someone_else_is_put_back_to_running():
-    assert step_end_status("FINISHED", statuses(a="completed"), NODES) == "RUNNING"
+    assert was_ended_early("FINISHED") and was_ended_early("KILLED")
+    assert not was_ended_early("RUNNING") and not was_ended_early("FAILED")
+    assert step_start_status(outcomes((0, 1)), NODE_COUNT) == "RUNNING"
+    # ... unless the pipeline really is complete (a node re-run into a finished run).
+    assert step_start_status(outcomes((0, 1), (1, 1), (2, 1)), NODE_COUNT) is None
 
 
 @pytest.mark.parametrize(
@@ -79,3 +92,12 @@ def test_an_orchestrators_own_run_id_is_the_job_id_when_none_is_given(env, expec
         assert source.describe().startswith(
             "AIRFLOW_CTX_DAG_ID/AIRFLOW_CTX_DAG_RUN_ID=dag/manual__"
         )
+
+
+def test_a_jobs_run_is_named_with_its_distinguishing_part_first():
+    airflow_id = "kedro-sample/manual__2026-12-03T06:00:00+00:00"
+    assert job_run_name(airflow_id, "kedro-sample") == (
+        "manual__2026-12-03T06:00:00+00:00 · kedro-sample"
+    )
+    assert job_run_name("8123", "sample-pipeline-20261203") == "sample-pipeline-20261203"
+    assert job_run_name("8123", None) is None

@@ -11,21 +11,28 @@ from mlflow.entities import ViewType
 from kedro_vertex_hooks.naming import (
     METRIC_NODE_DURATION,
     METRIC_NODE_PEAK_RSS,
+    RECORD_METRICS,
     TAG_ERROR,
     TAG_FAILED_NODE,
     TAG_JOB_ID,
     TAG_JOB_NAME,
     TAG_LATEST_NODE,
-    TAG_NODE_STATUS,
+    TAG_NODE_ERROR,
     TAG_PARAM_CONFLICT,
     node_key,
 )
 from tests.support.generated_project import PACKAGE, generate_project
 from tests.support.project import EXPECTED_PARAMS, SAMPLE_NODES, SAMPLE_STEPS, base_env
 from tests.support.proxy import MlflowProxy
-from tests.support.tracked import assert_finished_with_every_node_completed, every_run_id
+from tests.support.tracked import (
+    assert_finished_with_every_node_completed,
+    by_node,
+    every_run_id,
+    node_statuses,
+)
 
 GET_RUN = "GET /api/2.0/mlflow/runs/get"
+GET_HISTORY = "GET /api/2.0/mlflow/metrics/get-history"
 CREATE_RUN = "POST /api/2.0/mlflow/runs/create"
 
 
@@ -64,10 +71,12 @@ def test_per_node_steps_leave_one_run_finished_only_after_the_last(client, mlflo
     assert run.info.run_name == name_at_start  # node steps never rename the run
     for key, value in EXPECTED_PARAMS.items():
         assert run.data.params[key] == value, key
-    for name in SAMPLE_NODES:
-        assert run.data.tags[node_key(TAG_NODE_STATUS, name)] == "completed"
-        assert run.data.metrics[node_key(METRIC_NODE_DURATION, name)] >= 0
-        assert run.data.metrics[node_key(METRIC_NODE_PEAK_RSS, name)] > 10
+    assert node_statuses(client, run_id) == dict.fromkeys(SAMPLE_NODES, "completed")
+    assert sorted(by_node(client, run_id, METRIC_NODE_DURATION)) == sorted(SAMPLE_NODES)
+    assert min(by_node(client, run_id, METRIC_NODE_DURATION).values()) >= 0
+    assert min(by_node(client, run_id, METRIC_NODE_PEAK_RSS).values()) > 10
+    # The run's own row holds one value per record metric, not one per node.
+    assert {k for k in run.data.metrics if k.startswith("kedro.")} == set(RECORD_METRICS)
     assert run.data.tags[TAG_LATEST_NODE] == "publish"
     assert run.data.tags[TAG_JOB_NAME] == "sample-pipeline-20261126"
     assert TAG_FAILED_NODE not in run.data.tags
@@ -88,7 +97,8 @@ def test_a_failing_node_makes_the_run_failed_for_good(client, mlflow_server, pro
     assert run.data.tags[TAG_ERROR] == (
         "ValueError: quality gate rejected the model (failure.fail is true)"
     )
-    assert run.data.tags[node_key(TAG_NODE_STATUS, "quality_gate")] == "failed"
+    assert node_statuses(client, run_id)["quality_gate"] == "failed"
+    assert run.data.tags[node_key(TAG_NODE_ERROR, "quality_gate")] == run.data.tags[TAG_ERROR]
 
     # A later step (a retry elsewhere in the graph) must not turn the run back.
     assert_ok(project.run_nodes(["compute_stats"], env))
@@ -98,6 +108,7 @@ def test_a_failing_node_makes_the_run_failed_for_good(client, mlflow_server, pro
     run = client.get_run(run_id)
     assert run.info.status == "FAILED"
     assert run.data.tags[TAG_FAILED_NODE] == "quality_gate"
+    assert node_statuses(client, run_id)["quality_gate"] == "completed"  # on its retry
 
 
 RACING_STEPS = 8
@@ -174,17 +185,19 @@ def test_job_id_only_steps_forced_to_race_converge_on_one_run(client, mlflow_ser
     assert [run.info.lifecycle_stage for run in losers] == ["deleted"] * (RACING_STEPS - 1)
     # No step logged into a run that was then deleted: losers hold no node's data.
     for run in losers:
-        assert not [key for key in run.data.tags if key.startswith(TAG_NODE_STATUS)]
+        assert not run.data.metrics
         assert not run.data.params
 
     winner = active[0]
     assert winner.info.status == "RUNNING"  # gather has not run
     assert winner.data.tags[TAG_JOB_NAME] == "race"
+    race_order = [f"step_{i}" for i in range(RACING_STEPS)] + ["gather"]  # Kedro's order
+    statuses = node_statuses(client, winner.info.run_id, race_order)
+    assert statuses == {f"step_{i}": "completed" for i in range(RACING_STEPS)}
+    durations = by_node(client, winner.info.run_id, METRIC_NODE_DURATION, race_order)
+    assert len(durations) == RACING_STEPS
     for i in range(RACING_STEPS):
-        name = f"step_{i}"
-        assert winner.data.tags[node_key(TAG_NODE_STATUS, name)] == "completed", name
-        assert winner.data.params[f"step_{i}.rows"] == str(10 * i), name
-        assert winner.data.metrics[node_key(METRIC_NODE_DURATION, name)] >= 0, name
+        assert winner.data.params[f"step_{i}.rows"] == str(10 * i)
 
 
 def test_a_losing_step_whose_delete_failed_deletes_its_run_on_the_retry(client, mlflow_server):
@@ -262,7 +275,8 @@ def test_a_step_finding_a_run_stamped_in_the_future_waits_no_longer_than_the_set
     assert_ok(project.run_nodes(["step_0"], env))  # within project.run's timeout, not an hour
 
     run = client.get_run(run_id)
-    assert run.data.tags[node_key(TAG_NODE_STATUS, "step_0")] == "completed"
+    race_order = [f"step_{i}" for i in range(RACING_STEPS)] + ["gather"]
+    assert node_statuses(client, run_id, race_order) == {"step_0": "completed"}
     assert run.data.params["step_0.rows"] == "0"
     assert [
         r.info.run_id
@@ -302,7 +316,7 @@ def test_a_rerun_with_another_param_value_completes_and_records_the_conflict(
     run = client.get_run(run_id)
     assert run.data.params["data.seed"] == "42"
     assert run.data.tags[node_key(TAG_PARAM_CONFLICT, "data.seed")] == "7"
-    assert run.data.tags[node_key(TAG_NODE_STATUS, "make_raw_data")] == "completed"
+    assert node_statuses(client, run_id) == {"make_raw_data": "completed"}
 
 
 @pytest.mark.parametrize(
@@ -320,10 +334,8 @@ def test_every_runner_logs_into_the_one_run(client, mlflow_server, project, runn
     if mp_context:
         env["KEDRO_MP_CONTEXT"] = mp_context
     assert_ok(project.run(["run", "--runner", runner], env))
-    run = client.get_run(run_id)
-    assert_finished_with_every_node_completed(run)
-    for name in SAMPLE_NODES:
-        assert node_key(METRIC_NODE_DURATION, name) in run.data.metrics
+    assert_finished_with_every_node_completed(client, run_id)
+    assert sorted(by_node(client, run_id, METRIC_NODE_DURATION)) == sorted(SAMPLE_NODES)
     assert every_run_id(client) == runs_before | {run_id}  # no other run, in any experiment
 
 
@@ -341,7 +353,7 @@ def test_a_node_whose_output_cannot_be_saved_is_the_failed_node(client, mlflow_s
     assert result.returncode != 0
     run = client.get_run(run_id)
     assert run.info.status == "FAILED"
-    assert run.data.tags[node_key(TAG_NODE_STATUS, "publish")] == "failed"
+    assert node_statuses(client, run_id)["publish"] == "failed"
     assert run.data.tags[TAG_FAILED_NODE] == "publish"
     assert run.data.tags[TAG_ERROR].startswith("FileNotFoundError: ")
     assert "/proc/kedro-vertex-hooks" in run.data.tags[TAG_ERROR]
@@ -360,47 +372,47 @@ def test_use_mlflow_client_logs_the_same_run_through_mlflow(client, mlflow_serve
     assert client.get_run(run_id).info.status == "RUNNING"
     assert_ok(project.run_nodes(SAMPLE_NODES[5:], env))
 
-    assert_finished_with_every_node_completed(client.get_run(run_id))
+    assert_finished_with_every_node_completed(client, run_id)
     assert [a.path for a in client.list_artifacts(run_id, "report")] == ["report/report.json"]
 
 
-def test_a_step_reads_the_run_at_its_end_only_when_the_pipeline_may_be_complete(
+def test_only_a_step_that_may_finish_the_pipeline_reads_and_none_reads_the_whole_run(
     client, mlflow_server, project
 ):
-    """Upstream of an unfinished node a step cannot complete the pipeline: it sends its
-    writes without reading the run again. The steps that may be last read it and decide."""
+    """A step upstream of an unfinished node cannot complete the pipeline: it only writes.
+    The step with no node downstream reads the nodes' outcomes (one metric's history) and
+    decides. No step reads the whole run, whose size grows with the pipeline."""
     run_id = new_run(client, "end-reads")
     with MlflowProxy(mlflow_server.uri, latency_s=0) as proxy:
         env = base_env(MLFLOW_TRACKING_URI=proxy.uri, MLFLOW_RUN_ID=run_id)
-        run_reads = []
+        stats = []
         # The last step also writes the report artifact, for which MLflow reads the run.
         for step in (SAMPLE_NODES[:1], SAMPLE_NODES[1:9], SAMPLE_NODES[9:]):
             proxy.reset_stats()
             assert_ok(project.run_nodes(step, env))
             proxy.wait_idle()
-            run_reads.append(proxy.stats().by_endpoint.get(GET_RUN, 0))
+            stats.append(proxy.stats().by_endpoint)
 
-    assert run_reads[:2] == [1, 1]  # the start read only
-    run = client.get_run(run_id)
-    assert run.info.status == "FINISHED"  # set by the last step, after its end read
-    for name in SAMPLE_NODES:
-        assert run.data.tags[node_key(TAG_NODE_STATUS, name)] == "completed", name
+    assert [s.get(GET_RUN, 0) for s in stats[:2]] == [0, 0]
+    assert [s.get(GET_HISTORY, 0) for s in stats] == [0, 0, 1]
+    assert sum(stats[0].values()) <= 2  # the start check and the node's one write
+    assert client.get_run(run_id).info.status == "FINISHED"  # set by the last step
+    assert node_statuses(client, run_id) == dict.fromkeys(SAMPLE_NODES, "completed")
 
 
-def test_a_step_whose_write_came_late_reads_the_run_at_its_end(client, mlflow_server, project):
-    """A retried write may have an old copy landing later: even a step that cannot complete
-    the pipeline then reads the run at its end, to write overwritten node statuses again."""
+def test_a_write_that_came_late_is_recorded_without_reading_the_run(client, mlflow_server, project):
+    """A retried write may land twice: the record is append-only, so a late copy adds a
+    point and overwrites nothing; the step needs no read to repair it."""
     run_id = new_run(client, "late-write")
     with MlflowProxy(mlflow_server.uri, latency_s=0) as proxy:
         env = base_env(MLFLOW_TRACKING_URI=proxy.uri, MLFLOW_RUN_ID=run_id)
         proxy.fail(503, count=1, path_contains="runs/log-batch")
         result = project.run_nodes(SAMPLE_NODES[:1], env)
         proxy.wait_idle()
-        run_reads = proxy.stats().by_endpoint.get(GET_RUN, 0)
+        reads = proxy.stats().by_endpoint
 
     assert_ok(result)
     assert re.search(r"delivered, [1-9]\d* of them late", result.stdout + result.stderr)
-    assert run_reads == 2  # the start read and the end read
-    run = client.get_run(run_id)
-    assert run.info.status == "RUNNING"
-    assert run.data.tags[node_key(TAG_NODE_STATUS, SAMPLE_NODES[0])] == "completed"
+    assert reads.get(GET_RUN, 0) == reads.get(GET_HISTORY, 0) == 0
+    assert client.get_run(run_id).info.status == "RUNNING"
+    assert node_statuses(client, run_id) == {SAMPLE_NODES[0]: "completed"}

@@ -4,59 +4,97 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from html.parser import HTMLParser
 
+from kedro_vertex_hooks.lifecycle import mark_lost
 from kedro_vertex_hooks.naming import (
     MAX_TAG_VALUE_LENGTH,
+    METRIC_NODE_COMPLETED,
     METRIC_NODE_DURATION,
     METRIC_NODE_PEAK_RSS,
+    RECORD_METRICS,
     TAG_ERROR,
     TAG_FAILED_NODE,
     TAG_JOB_ID,
     TAG_JOB_NAME,
-    TAG_NODE_ENDED,
     TAG_NODE_HOST,
-    TAG_NODE_STARTED,
-    TAG_NODE_STATUS,
     TAG_PIPELINE,
     node_key,
 )
+from kedro_vertex_hooks.records import start_points
 from kedro_vertex_hooks.summary import RunSummary, format_duration, format_memory, render_note
 from kedro_vertex_hooks.timeline import STATUS_COLOURS, render_timeline, tick_label
+from kedro_vertex_hooks.tracking_client import Metric
 from tests.support.tracked import note_node_rows, note_node_table
 
 HOSTILE = "score|<script>alert(1)</script>*x*"  # a node name that must stay inert
 
 
-def node_tags(name: str, status: str, start: str | None, end: str | None, host: str) -> dict:
-    tags = {node_key(TAG_NODE_STATUS, name): status, node_key(TAG_NODE_HOST, name): host}
-    if start:
-        tags[node_key(TAG_NODE_STARTED, name)] = f"2026-11-26T06:{start}+00:00"
-    if end:
-        tags[node_key(TAG_NODE_ENDED, name)] = f"2026-11-26T06:{end}+00:00"
-    return tags
+START = datetime(2026, 11, 26, 6, 0, tzinfo=timezone.utc).timestamp()
+
+
+def at(clock: str) -> float:
+    """``"MM:SS.mmm"`` after 06:00 UTC, as Unix time."""
+    minutes, seconds = clock.split(":")
+    return START + int(minutes) * 60 + float(seconds)
+
+
+@dataclass
+class Node:
+    """A node as the hooks record it: start, outcome at ``end``, optional measures."""
+
+    name: str
+    status: str  # completed, failed or running
+    start: str | None
+    end: str | None
+    host: str
+    duration_s: float | None = None
+    peak_rss_mb: float | None = None
+    startup_s: float | None = None
+
+
+def summary_of(
+    status: str, pipeline: list[str], nodes: list[Node], tags: dict | None = None
+) -> RunSummary:
+    """The summary of a run holding what the hooks write for ``nodes`` (see records.py)."""
+    all_tags = dict(tags or {})
+    points: list[Metric] = []
+    for node in nodes:
+        position = pipeline.index(node.name)
+        all_tags[node_key(TAG_NODE_HOST, node.name)] = node.host
+        if node.start:
+            points += start_points(position, at(node.start), node.startup_s)
+        if node.end and node.status in ("completed", "failed"):
+            stamp = int(at(node.end) * 1000)
+            outcome = 1.0 if node.status == "completed" else 0.0
+            points.append(Metric(METRIC_NODE_COMPLETED, outcome, stamp, position))
+            for key, value in (
+                (METRIC_NODE_DURATION, node.duration_s),
+                (METRIC_NODE_PEAK_RSS, node.peak_rss_mb),
+            ):
+                if value is not None:
+                    points.append(Metric(key, value, stamp, position))
+    history = {key: [p for p in points if p.key == key] for key in RECORD_METRICS}
+    return RunSummary.from_run_data(status, all_tags, history, pipeline)
 
 
 def failed_run() -> RunSummary:
     """prepare ran first, two branches in parallel, one failed, one never ran."""
     tags = {
-        **node_tags("train_b", "completed", "00:05.000", "00:20.500", "pod-b"),
-        **node_tags("prepare", "completed", "00:01.000", "00:04.000", "pod-a"),
-        **node_tags(HOSTILE, "failed", "00:05.200", "00:09.000", "pod-c"),
         TAG_FAILED_NODE: HOSTILE,
         TAG_ERROR: "ValueError: bad | input\n```\n<b>not bold</b>",
         TAG_PIPELINE: "__default__",
         TAG_JOB_ID: "8123",
         TAG_JOB_NAME: "sample-pipeline-20261126",
     }
-    metrics = {
-        node_key(METRIC_NODE_DURATION, "prepare"): 2.94,
-        node_key(METRIC_NODE_PEAK_RSS, "prepare"): 310.4,
-        node_key(METRIC_NODE_DURATION, "train_b"): 75.0,
-        node_key(METRIC_NODE_PEAK_RSS, "train_b"): 2048.0,
-    }
-    pipeline = ["prepare", HOSTILE, "train_b", "report"]
-    return RunSummary.from_run_data("FAILED", tags, metrics, pipeline)
+    nodes = [
+        Node("train_b", "completed", "00:05.000", "00:20.500", "pod-b", 75.0, 2048.0),
+        Node("prepare", "completed", "00:01.000", "00:04.000", "pod-a", 2.94, 310.4),
+        Node(HOSTILE, "failed", "00:05.200", "00:09.000", "pod-c"),
+    ]
+    return summary_of("FAILED", ["prepare", HOSTILE, "train_b", "report"], nodes, tags)
 
 
 def test_note_says_outcome_failed_node_and_error_in_its_first_line():
@@ -67,8 +105,8 @@ def test_note_says_outcome_failed_node_and_error_in_its_first_line():
     assert lines[0].endswith(": ValueError: bad \\| input  ")  # first line of the error only
     assert lines[1].startswith("2 of 4 nodes completed, 1 failed, 1 not run · pipeline")
     assert "job sample\\-pipeline\\-20261126 · job id 8123" in lines[1]
-    clean = RunSummary.from_run_data(
-        "FINISHED", node_tags("prepare", "completed", "00:01.000", "00:04.000", "h"), {}
+    clean = summary_of(
+        "FINISHED", ["prepare"], [Node("prepare", "completed", "00:01.000", "00:04.000", "h")]
     )
     assert render_note(clean).splitlines()[:2] == [
         "**FINISHED**: the pipeline succeeded  ",
@@ -141,6 +179,27 @@ def bars_of(svg: ET.Element) -> list[ET.Element]:
     return [rect for rect in svg.iter("rect") if rect.get("class") == "bar"]
 
 
+def test_each_steps_process_start_up_is_drawn_before_its_node():
+    """Where the time between nodes goes: each node's process starting (~5 s per step)."""
+    nodes = [
+        Node("a", "completed", "00:05.000", "00:06.000", "h", startup_s=5.0),
+        Node("b", "completed", "00:11.000", "00:12.000", "h", startup_s=4.0),
+    ]
+    page = render_timeline(summary_of("FINISHED", ["a", "b"], nodes))
+    svg = svg_of(page)
+    startups = [rect for rect in svg.iter("rect") if rect.get("class") == "startup"]
+    bars = bars_of(svg)
+
+    assert len(startups) == len(bars) == 2
+    for startup, bar in zip(startups, bars, strict=True):  # each ends where its node starts
+        end = float(startup.get("x")) + float(startup.get("width"))
+        assert abs(end - float(bar.get("x"))) < 0.2
+    first_process, second_process = (float(r.get("x")) for r in startups)
+    assert first_process < float(bars[0].get("x")) < second_process  # time starts at 06:00
+    assert "process start-up" in page and "time since the first process started" in page
+    assert "process start-up: 5.0 s" in page  # in the node's tooltip
+
+
 def test_timeline_draws_one_bar_per_started_node_coloured_by_status_with_a_legend():
     summary = failed_run()
     page = render_timeline(summary)
@@ -188,11 +247,12 @@ def test_axis_ticks_say_exactly_where_they_stand():
 
 
 def test_a_node_without_end_is_drawn_to_the_end_of_the_chart_and_named_by_status():
-    tags = {
-        **node_tags("a", "completed", "00:00.000", "00:10.000", "h"),
-        **node_tags("b", "lost", "00:02.000", None, "h"),
-    }
-    summary = RunSummary.from_run_data("KILLED", tags, {}, ["a", "b"])
+    nodes = [
+        Node("a", "completed", "00:00.000", "00:10.000", "h"),
+        Node("b", "running", "00:02.000", None, "h"),
+    ]
+    found = summary_of("KILLED", ["a", "b"], nodes)
+    summary = replace(found, nodes=tuple(mark_lost(found.nodes)))  # as finalize does
     page = render_timeline(summary)
     svg = svg_of(page)
     first_bar, lost_bar = bars_of(svg)
@@ -204,7 +264,7 @@ def test_a_node_without_end_is_drawn_to_the_end_of_the_chart_and_named_by_status
 
 
 def test_a_run_without_any_node_data_still_renders():
-    summary = RunSummary.from_run_data("KILLED", {}, {}, ["a", "b"])
+    summary = summary_of("KILLED", ["a", "b"], [])
 
     assert "0 of 2 nodes completed, 2 not run" in render_note(summary)
     page = render_timeline(summary)
@@ -213,19 +273,21 @@ def test_a_run_without_any_node_data_still_renders():
 
 def test_nodes_with_illegal_key_characters_are_matched_the_way_the_hooks_wrote_them():
     name = "train model (v2)/\u00e9t\u00e9"
-    tags = node_tags(name, "completed", "00:00.000", "00:01.000", "h")
-    summary = RunSummary.from_run_data("FINISHED", tags, {}, [name])
+    summary = summary_of(
+        "FINISHED", [name], [Node(name, "completed", "00:00.000", "00:01.000", "h")]
+    )
 
-    assert [(node.name, node.status) for node in summary.nodes] == [(name, "completed")]
+    assert [(n.name, n.status, n.host) for n in summary.nodes] == [(name, "completed", "h")]
 
 
 def test_the_note_of_a_huge_pipeline_with_a_huge_error_fits_in_one_mlflow_tag():
     names = [f"node_{i:03d}_with_a_rather_long_descriptive_name" for i in range(400)]
-    tags = {}
-    for i, name in enumerate(names):
-        tags |= node_tags(name, "completed", f"{i // 60:02d}:{i % 60:02d}.000", None, "pod")
-    tags[TAG_ERROR] = "RuntimeError: " + "x" * 7900
-    note = render_note(RunSummary.from_run_data("FAILED", tags, {}, names))
+    nodes = [
+        Node(name, "completed", f"{i // 60:02d}:{i % 60:02d}.000", f"{i // 60:02d}:59.000", "pod")
+        for i, name in enumerate(names)
+    ]
+    tags = {TAG_ERROR: "RuntimeError: " + "x" * 7900}
+    note = render_note(summary_of("FAILED", names, nodes, tags))
 
     assert len(note) <= MAX_TAG_VALUE_LENGTH
     shown = len(note_node_rows(note))

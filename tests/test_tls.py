@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from kedro_vertex_hooks.naming import TAG_NODE_STATUS, node_key
 from tests.support.project import SAMPLE_NODES, base_env
 from tests.support.proxy import MlflowProxy
 from tests.support.tls import self_signed_server_context
+from tests.support.tracked import node_statuses
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +38,8 @@ def test_steps_reach_an_https_server_the_way_mlflow_is_told_to(
         assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
         assert "given up" not in result.stdout + result.stderr
 
-    run = client.get_run(run_id)
-    assert run.info.status == "FINISHED"
-    for name in SAMPLE_NODES:
-        assert run.data.tags[node_key(TAG_NODE_STATUS, name)] == "completed", name
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert node_statuses(client, run_id) == dict.fromkeys(SAMPLE_NODES, "completed")
     assert [a.path for a in client.list_artifacts(run_id, "report")] == ["report/report.json"]
 
 

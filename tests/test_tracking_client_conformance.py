@@ -19,7 +19,7 @@ import pytest
 
 from kedro_vertex_hooks.mlflow_client import MlflowTrackingClient
 from kedro_vertex_hooks.rest_client import RestTrackingClient, rest_client_unsuitable
-from kedro_vertex_hooks.tracking_client import TrackingClient
+from kedro_vertex_hooks.tracking_client import Metric, TrackingClient
 from tests.support.proxy import MlflowProxy
 
 CREDENTIALS = {
@@ -68,22 +68,27 @@ def exercise(client: TrackingClient, proxy: MlflowProxy) -> dict:
     found = client.get_experiment_by_name(name)
     run = client.create_run(experiment_id, tags={"vertexai_run_id": name}, run_name="shared")
     run_id = run.info.run_id
+    history = [Metric("kedro.node_completed", 1.0, 1_700_000_000_000 + i, i) for i in range(3)]
     client.log_values(
         run_id, params={"lr": "0.1", **WIDE}, tags={"kedro.latest_node": "train"},
-        metrics={"mae": 1.5}, timestamp_ms=1_700_000_000_000,
+        metrics=[Metric("mae", 1.5, 1_700_000_000_000), *history],
     )  # fmt: skip
+    info = client.touch_run(run_id)
     same_job = client.search_runs(
         [experiment_id], filter_string=f"tags.vertexai_run_id = '{name}'", max_results=10
     )
     changed = error_code(
-        lambda: client.log_values(run_id, params={"lr": "0.2"}, tags={}, metrics={}, timestamp_ms=1)
+        lambda: client.log_values(run_id, params={"lr": "0.2"}, tags={}, metrics=[])
     )
     client.set_terminated(run_id, "FAILED")
     proxy.fail(503, count=1, path_contains="runs/get")
     read = client.get_run(run_id)
     missing = error_code(lambda: client.get_run(uuid.uuid4().hex))
+    missing_touched = error_code(lambda: client.touch_run(uuid.uuid4().hex))
+    points = client.get_metric_history(run_id, "kedro.node_completed")
     client.delete_run(run_id)
     deleted = client.get_run(run_id)
+    deleted_touched = client.touch_run(run_id)
     proxy.wait_idle()
     records = proxy.stats().records
     return {
@@ -101,8 +106,11 @@ def exercise(client: TrackingClient, proxy: MlflowProxy) -> dict:
         },
         "run name": read.info.run_name,
         "metrics": dict(read.data.metrics),
+        "touched": (info.status, info.lifecycle_stage, info.experiment_id == experiment_id),
+        "history": sorted((p.step, p.value, p.timestamp) for p in points),
         "missing run": missing,
-        "after delete": deleted.info.lifecycle_stage,
+        "missing run touched": missing_touched,
+        "after delete": (deleted.info.lifecycle_stage, deleted_touched.lifecycle_stage),
         "requests": sorted({r.endpoint for r in records}),
         "retried 503": sum(r.status == 503 for r in records),
         "authorization": {r.authorization for r in records},
@@ -125,10 +133,13 @@ def test_both_clients_send_the_same_requests_and_leave_the_same_run(
     rest, mlflow = outcomes["rest"], outcomes["mlflow"]
     assert rest == mlflow
     assert rest["status"] == "FAILED" and rest["params"]["lr"] == "0.1"
-    assert len(rest["params"]) == 151 and rest["metrics"] == {"mae": 1.5}
+    assert len(rest["params"]) == 151
+    assert rest["metrics"] == {"mae": 1.5, "kedro.node_completed": 1.0}
+    assert rest["touched"] == ("RUNNING", "active", True)
+    assert rest["history"] == [(i, 1.0, 1_700_000_000_000 + i) for i in range(3)]
     assert rest["changed param"] == "INVALID_PARAMETER_VALUE"
-    assert rest["missing run"] == "RESOURCE_DOES_NOT_EXIST"
-    assert rest["after delete"] == "deleted" and rest["retried 503"] == 1
+    assert rest["missing run"] == rest["missing run touched"] == "RESOURCE_DOES_NOT_EXIST"
+    assert rest["after delete"] == ("deleted", "deleted") and rest["retried 503"] == 1
     assert rest["authorization"] == {expected_header}
 
 

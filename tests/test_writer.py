@@ -10,14 +10,21 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from kedro_vertex_hooks.mlflow_client import MlflowTrackingClient
-from kedro_vertex_hooks.naming import TAG_NODE_STATUS, TAG_PARAM_CONFLICT, node_key
+from kedro_vertex_hooks.naming import TAG_PARAM_CONFLICT, node_key
+from kedro_vertex_hooks.records import end_points, start_points
 from kedro_vertex_hooks.rest_client import RestTrackingClient
 from kedro_vertex_hooks.retry import TrackingUnreachableError
+from kedro_vertex_hooks.summary import collect_nodes
+from kedro_vertex_hooks.tracking_client import Metric
 from kedro_vertex_hooks.writer import ParamConflictError, RunWriter, Write
 from tests.support.proxy import MlflowProxy
 
 LOG_BATCH = "POST /api/2.0/mlflow/runs/log-batch"
-STATUS = node_key(TAG_NODE_STATUS, "train")
+STATUS = "kedro.stage"  # a tag that later writes change
+
+
+def metric(key: str, value: float) -> Metric:
+    return Metric(key, value, 1_700_000_000_000)
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +89,7 @@ def test_queued_writes_go_in_few_requests(make_writer, client, proxy, run_id):
     writer = make_writer(proxy, run_id)
     proxy.down()  # hold the queue while it fills, then let it drain at once
     for index in range(50):
-        writer.submit(Write(params={f"p{index}": str(index)}, metrics={f"m{index}": index}))
+        writer.submit(Write(params={f"p{index}": str(index)}, metrics=[metric(f"m{index}", index)]))
     proxy.up()
     report = writer.close()
     data = client.get_run(run_id).data
@@ -96,7 +103,7 @@ def test_queued_writes_go_in_few_requests(make_writer, client, proxy, run_id):
 def test_a_short_nodes_start_and_end_share_one_request(make_writer, client, proxy, run_id):
     writer = make_writer(proxy, run_id)
     writer.submit(Write(params={"alpha": "1"}, tags={STATUS: "running"}))
-    writer.submit(Write(tags={STATUS: "completed"}, metrics={"duration": 0.001}))
+    writer.submit(Write(tags={STATUS: "completed"}, metrics=[metric("duration", 0.001)]))
     writer.close()
     assert log_batches(proxy) == 1
     data = client.get_run(run_id).data
@@ -183,20 +190,20 @@ def test_overload_budget_bounds_the_wait_for_a_busy_server(make_writer, proxy, r
 
 def test_strict_mode_raises_instead_of_giving_up(make_writer, proxy, run_id):
     writer = make_writer(proxy, run_id, strict=True, outage_budget_s=1)
-    proxy.fail(502, path_contains="runs/")
+    proxy.fail(502, path_contains="/api/2.0/mlflow/")
     with pytest.raises(
         TrackingUnreachableError, match=r"did not answer for 1 s \(outage_budget_s\)"
     ):
         writer.submit(Write(params={"a": "1"}))
     with pytest.raises(TrackingUnreachableError):
-        writer.read_run()
+        writer.read_outcomes()
 
 
-def test_a_run_that_cannot_be_read_is_none_with_a_warning(make_writer, proxy, run_id, caplog):
+def test_outcomes_that_cannot_be_read_are_none_with_a_warning(make_writer, proxy, run_id, caplog):
     writer = make_writer(proxy, run_id, outage_budget_s=1)
-    proxy.fail(502, path_contains="runs/get")
-    assert writer.read_run() is None
-    assert "cannot read the run" in caplog.text
+    proxy.fail(502, path_contains="metrics/get-history")
+    assert writer.read_outcomes() is None
+    assert "cannot read node outcomes" in caplog.text
 
 
 def test_a_param_another_step_logged_differently_becomes_a_conflict_tag(
@@ -221,24 +228,27 @@ def test_a_conflict_fails_the_caller_when_configured(make_writer, client, proxy,
         writer.submit(Write(params={"seed": "7"}))
 
 
-def test_a_late_copy_of_an_old_status_is_overwritten_again(
-    make_writer, client, proxy, run_id, caplog, monkeypatch
+def test_a_late_copy_of_a_nodes_start_cannot_hide_its_end(
+    make_writer, client, proxy, run_id, monkeypatch
 ):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
     writer = make_writer(proxy, run_id, background=False)
-    # The first request is answered after the client gave up (1 s): MLflow sends it again,
-    # and the server still applies the first copy 3 s later, after the newer status.
+    # The first request is answered after the client gave up (1 s): it is sent again, and
+    # the server still applies the first copy 3 s later, after the node's end.
     proxy.slow(3, count=1, path_contains="runs/log-batch")
-    writer.submit(Write(tags={STATUS: "running"}))
-    writer.submit(Write(tags={STATUS: "completed"}))
+    writer.submit(Write(metrics=start_points(0, 1_700_000_000.0, None)))
+    writer.submit(Write(metrics=end_points(0, True, 0.5, 100.0)))
     proxy.wait_idle(timeout_s=10)
-    assert client.get_run(run_id).data.tags[STATUS] == "running"  # the stale copy landed
 
-    run = writer.read_run()
-    assert run is not None
-    assert run.data.tags[STATUS] == "completed"
-    assert client.get_run(run_id).data.tags[STATUS] == "completed"
-    assert "a late copy of an earlier write overwrote" in caplog.text
+    outcomes = writer.read_outcomes()
+    assert outcomes is not None and outcomes.completed == {0}
+    history = {
+        key: client.get_metric_history(run_id, key)
+        for key in ("kedro.node_started_at", "kedro.node_completed")
+    }
+    # The copies are the same point (key, step, time, value): MLflow keeps it once.
+    assert len(history["kedro.node_started_at"]) == 1
+    assert [n.status for n in collect_nodes({}, history, ["train"])] == ["completed"]
 
 
 @pytest.mark.parametrize("fault", ["cut", "reset"])
@@ -249,7 +259,9 @@ def test_cut_and_reset_connections_are_retried_without_a_conflict(
     # "cut": the server applied the batch but the answer was lost; "reset": it never saw it.
     # Three in a row outlast MLflow's own two retries, so the writer retries too.
     getattr(proxy, fault)(count=3, path_contains="runs/log-batch")
-    writer.submit(Write(params={"seed": "42"}, tags={STATUS: "completed"}, metrics={"m": 1.0}))
+    writer.submit(
+        Write(params={"seed": "42"}, tags={STATUS: "completed"}, metrics=[metric("m", 1)])
+    )
     data = client.get_run(run_id).data
     assert data.params == {"seed": "42"}
     assert data.tags[STATUS] == "completed"
@@ -265,7 +277,8 @@ def test_a_thousand_params_and_metrics_arrive_in_ten_requests(make_writer, clien
     params = {f"param_{index:04d}": str(index) for index in range(1000)}
     metrics = {f"metric_{index:04d}": float(index) for index in range(500)}
 
-    writer.submit(Write(params=dict(params), metrics=metrics, tags={"t": "x"}))
+    points = [metric(key, value) for key, value in metrics.items()]
+    writer.submit(Write(params=dict(params), metrics=points, tags={"t": "x"}))
     report = writer.close()
 
     assert report.given_up == 0 and report.delivered == 1501

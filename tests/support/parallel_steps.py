@@ -21,9 +21,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from kedro_vertex_hooks.naming import NODE_COMPLETED, TAG_NODE_STATUS, TAG_PARAM_CONFLICT, node_key
+from kedro_vertex_hooks.naming import NODE_COMPLETED, TAG_PARAM_CONFLICT
 from tests.support.generated_project import generate_project
 from tests.support.project import Project
+from tests.support.tracked import node_statuses
 
 VALUES_PER_STEP = 50
 OUTPUT_TAIL = 4000
@@ -167,10 +168,12 @@ def assert_run_holds_every_step(
     outputs = {result.node: result for result in results}
     run = client.get_run(run_id)
     data = run.data
+    order = [node_name(s) for s in range(len(results))]  # Kedro's order: by name
+    statuses = node_statuses(client, run_id, order)
     for s in range(len(results)):
         node = node_name(s)
         where = outputs[node].tail()
-        assert data.tags.get(node_key(TAG_NODE_STATUS, node)) == NODE_COMPLETED, where
+        assert statuses.get(node) == NODE_COMPLETED, where
         for i in range(VALUES_PER_STEP):
             key = f"{node}.p{i:02d}"
             assert data.params.get(key) == str(param_value(s, i)), f"{key}\n{where}"
