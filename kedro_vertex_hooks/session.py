@@ -235,12 +235,7 @@ class TrackingSession:
             self._started[node_name] = time.monotonic()
             run_tags, self._pending_run_tags = self._pending_run_tags, {}
             status, self._pending_status = self._pending_status, None
-        tags = {
-            **run_tags,
-            **prepared.tags,
-            TAG_LATEST_NODE: node_name,
-            node_key(TAG_NODE_HOST, node_name): socket.gethostname(),
-        }
+        tags = {**run_tags, **prepared.tags, TAG_LATEST_NODE: node_name}
         startup_s = self._startup_s(started_at)
         points = self._points(node_name, lambda at: start_points(at, started_at, startup_s))
         self.writer.submit(Write(params=prepared.params, tags=tags, metrics=points, status=status))
@@ -297,6 +292,9 @@ class TrackingSession:
             self._saving.pop(node_name, None)
         write = self._node_end(node_name, completed=False)
         write.tags[node_key(TAG_NODE_ERROR, node_name)] = error_text(error)
+        # Where to look for its logs; kept for failed nodes only: a tag per node would make
+        # the run's row grow with the pipeline (~100 bytes per node with a pod's name).
+        write.tags[node_key(TAG_NODE_HOST, node_name)] = socket.gethostname()
         write.tags.update(self._first_failure_tags(node_name, error))
         write.status = RUN_FAILED
         self.writer.submit(write, wait=True)

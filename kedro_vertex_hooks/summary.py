@@ -259,10 +259,12 @@ def render_note(summary: RunSummary) -> str:
     head.append("**Nodes** (in the order they started; times UTC):")
     foot = [f"Timeline: artifact {TIMELINE_ARTIFACT}."]
 
-    cells = [_NODE_COLUMNS] + [
-        _node_cells(index, node) for index, node in enumerate(summary.nodes, start=1)
+    # The host column only when some node has one (failed nodes record theirs).
+    columns = len(_NODE_COLUMNS) - (0 if any(n.host for n in summary.nodes) else 1)
+    cells = [_NODE_COLUMNS[:columns]] + [
+        _node_cells(index, node)[:columns] for index, node in enumerate(summary.nodes, start=1)
     ]
-    widths = [max(len(row[column]) for row in cells) for column in range(len(_NODE_COLUMNS))]
+    widths = [max(len(row[column]) for row in cells) for column in range(columns)]
     lines = [_text_row(row, widths) for row in cells]
     room = MAX_TAG_VALUE_LENGTH - len("\n".join(head + foot)) - _NOTE_RESERVE
     shown: list[str] = []

@@ -49,7 +49,7 @@ class Node:
     status: str  # completed, failed or running
     start: str | None
     end: str | None
-    host: str
+    host: str  # recorded for a failed node only, as the hooks do
     duration_s: float | None = None
     peak_rss_mb: float | None = None
     startup_s: float | None = None
@@ -63,7 +63,8 @@ def summary_of(
     points: list[Metric] = []
     for node in nodes:
         position = pipeline.index(node.name)
-        all_tags[node_key(TAG_NODE_HOST, node.name)] = node.host
+        if node.status == "failed":
+            all_tags[node_key(TAG_NODE_HOST, node.name)] = node.host
         if node.start:
             points += start_points(position, at(node.start), node.startup_s)
         if node.end and node.status in ("completed", "failed"):
@@ -112,6 +113,8 @@ def test_note_says_outcome_failed_node_and_error_in_its_first_line():
         "**FINISHED**: the pipeline succeeded  ",
         "1 of 1 nodes completed",
     ]
+    # No node failed, so no node recorded a host: the table has no host column.
+    assert note_node_table(render_note(clean))[0].split()[-2:] == ["peak", "memory"]
 
 
 def test_note_lists_nodes_in_run_order_in_an_aligned_table():
@@ -123,8 +126,8 @@ def test_note_lists_nodes_in_run_order_in_an_aligned_table():
                                 "host"]  # fmt: skip
     assert [row[2] for row in rows] == ["completed", "completed", "failed", "not run"]
     assert rows[0][:2] == ["1", "prepare"] and rows[1][1] == "train_b" and rows[3][1] == "report"
-    assert rows[0][3:] == ["06:00:01", "2.9 s", "310 MB", "pod-a"]
-    assert rows[1][3:] == ["06:00:05", "1 min 15 s", "2.0 GB", "pod-b"]
+    assert rows[0][3:] == ["06:00:01", "2.9 s", "310 MB"]
+    assert rows[1][3:] == ["06:00:05", "1 min 15 s", "2.0 GB"]
     assert rows[2][3:] == ["06:00:05", "3.8 s", "pod-c"]  # a failed node: end minus start
     status_column = table[0].index("status")
     assert all(line[status_column - 2 : status_column] == "  " for line in table)  # aligned
@@ -277,7 +280,9 @@ def test_nodes_with_illegal_key_characters_are_matched_the_way_the_hooks_wrote_t
         "FINISHED", [name], [Node(name, "completed", "00:00.000", "00:01.000", "h")]
     )
 
-    assert [(n.name, n.status, n.host) for n in summary.nodes] == [(name, "completed", "h")]
+    assert [(n.name, n.status) for n in summary.nodes] == [(name, "completed")]
+    failed = summary_of("FAILED", [name], [Node(name, "failed", "00:00.000", "00:01.000", "h")])
+    assert [n.host for n in failed.nodes] == ["h"]  # its host tag found under the legal key
 
 
 def test_the_note_of_a_huge_pipeline_with_a_huge_error_fits_in_one_mlflow_tag():
