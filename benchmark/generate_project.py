@@ -4,7 +4,10 @@ One project per contender, identical but for ``settings.py`` and ``conf/base/mlf
 the contenders run the same pipeline on the same data. The project also has a ``wide``
 pipeline: one node with 1000 params, to count the requests a large parameter set needs.
 
-    python benchmark/generate_project.py DEST --contender none|kedro_mlflow|ours
+Another :class:`Layout` gives another shape: ``fan_out(1000)`` (``benchmark/scale.py``) is
+``prepare`` -> 998 parallel nodes -> ``join`` with 5 scalar params per node and no ``wide``.
+
+    python benchmark/generate_project.py DEST --contender none|kedro_mlflow|ours [--fan-out N]
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ STEPS_PER_BRANCH = 12  # prepare + 4 x 12 + join = 50 nodes
 WIDE_GROUPS = 10
 WIDE_PARAMS_PER_GROUP = 100  # 1000 params on one node
 EXPERIMENT = "kedro-vertex-hooks-benchmark"
+# Node params per parameters file: OmegaConf refuses a YAML file of more than 10000 nodes
+# (5000 params of 1000 nodes are ~12000), so large layouts get parameters_NN.yml files.
+PARAMS_PER_FILE = 200
 
 
 @dataclass(frozen=True)
@@ -65,11 +71,43 @@ CONTENDERS: dict[str, Contender] = {
 }
 
 
-def node_names() -> list[str]:
+@dataclass(frozen=True)
+class Layout:
+    """The pipeline's shape: ``prepare`` -> one chain of ``steps_per_branch`` nodes per
+    branch -> ``join``; each node's ``params:<node>`` input; the ``wide`` pipeline or not."""
+
+    branches: tuple[str, ...] = BRANCHES
+    steps_per_branch: int = STEPS_PER_BRANCH
+    # None: the 20 nested leaves of node_parameters(); a number: that many flat scalars
+    params_per_node: int | None = None
+    wide: bool = True
+
+    @property
+    def nodes(self) -> int:
+        return 2 + len(self.branches) * self.steps_per_branch
+
+
+DEFAULT_LAYOUT = Layout()  # the 50-node project of benchmark/run.py
+
+
+def fan_out(nodes: int, params_per_node: int = 5) -> Layout:
+    """``prepare`` -> ``nodes - 2`` parallel one-node branches -> ``join``; flat params."""
+    if nodes < 3:
+        raise ValueError(f"a fan-out needs at least 3 nodes, got {nodes}")
+    width = len(str(nodes - 2))
+    return Layout(
+        branches=tuple(f"{index:0{width}d}" for index in range(1, nodes - 1)),
+        steps_per_branch=1,
+        params_per_node=params_per_node,
+        wide=False,
+    )
+
+
+def node_names(layout: Layout = DEFAULT_LAYOUT) -> list[str]:
     """Every node of ``__default__`` in an order that respects dependencies."""
     names = ["prepare"]
-    for step in range(1, STEPS_PER_BRANCH + 1):
-        names.extend(f"branch_{branch}_step_{step:02d}" for branch in BRANCHES)
+    for step in range(1, layout.steps_per_branch + 1):
+        names.extend(f"branch_{branch}_step_{step:02d}" for branch in layout.branches)
     return [*names, "join"]
 
 
@@ -101,6 +139,19 @@ def node_parameters(index: int) -> dict[str, object]:
     }
 
 
+def flat_parameters(index: int, count: int) -> dict[str, object]:
+    """``count`` scalar params (floats, ints, a string, a bool), different per node."""
+    values: dict[str, object] = {
+        "learning_rate": round(0.001 * (index + 1), 6),
+        "depth": 3 + index % 5,
+        "seed": 1000 + index,
+        "optimizer": "adam" if index % 2 else "sgd",
+        "shuffle": index % 2 == 0,
+    }
+    values.update({f"extra_{k:03d}": k * 0.5 + index for k in range(len(values), count)})
+    return dict(list(values.items())[:count])
+
+
 def wide_parameters() -> dict[str, object]:
     return {
         f"group_{group:02d}": {
@@ -110,11 +161,17 @@ def wide_parameters() -> dict[str, object]:
     }
 
 
-def parameters() -> dict[str, object]:
+def parameters(layout: Layout = DEFAULT_LAYOUT) -> dict[str, object]:
     values: dict[str, object] = {
-        name: node_parameters(index) for index, name in enumerate(node_names())
+        name: (
+            node_parameters(index)
+            if layout.params_per_node is None
+            else flat_parameters(index, layout.params_per_node)
+        )
+        for index, name in enumerate(node_names(layout))
     }
-    values["wide"] = wide_parameters()
+    if layout.wide:
+        values["wide"] = wide_parameters()
     return values
 
 
@@ -142,8 +199,9 @@ def step(upstream: dict, params: dict) -> dict:
     return {"value": upstream["value"] * 0.5 + _score(params), "rows": upstream["rows"]}
 
 
-def join(a: dict, b: dict, c: dict, d: dict, params: dict) -> dict:
-    return {"value": a["value"] + b["value"] + c["value"] + d["value"] + _score(params)}
+def join(*inputs: dict) -> dict:
+    *upstream, params = inputs  # the last node of every branch, then params:join
+    return {"value": sum(u["value"] for u in upstream) + _score(params)}
 
 
 def wide(params: dict) -> dict:
@@ -179,7 +237,7 @@ class JsonDataset(AbstractDataset[dict, dict]):
         return {"filepath": str(self._path)}
 '''
 
-_REGISTRY_PY = '''"""Pipelines: __default__ (50 nodes, 4 branches) and wide (1 node, 1000 params)"""
+_REGISTRY_PY = '''"""Pipelines: __default__ ({nodes} nodes, {branch_count} branches){wide_doc}"""
 
 from __future__ import annotations
 
@@ -189,6 +247,7 @@ from {package} import nodes
 
 BRANCHES = {branches!r}
 STEPS_PER_BRANCH = {steps}
+WIDE = {wide!r}
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -201,10 +260,10 @@ def register_pipelines() -> dict[str, Pipeline]:
             upstream = name
     last = [f"branch_{{branch}}_step_{{STEPS_PER_BRANCH:02d}}" for branch in BRANCHES]
     parts.append(node(nodes.join, [*last, "params:join"], "joined", name="join"))
-    return {{
-        "__default__": Pipeline(parts),
-        "wide": Pipeline([node(nodes.wide, "params:wide", "wide_result", name="wide")]),
-    }}
+    pipelines = {{"__default__": Pipeline(parts)}}
+    if WIDE:
+        pipelines["wide"] = Pipeline([node(nodes.wide, "params:wide", "wide_result", name="wide")])
+    return pipelines
 '''
 
 
@@ -215,6 +274,18 @@ MLFLOW_YML_PARAMS = {
     "init": {"flatten": "False", "long_params_strategy": "fail"},
     "flat": {"flatten": "true", "long_params_strategy": "truncate"},
 }
+
+
+def _parameter_files(values: dict[str, object]) -> list[tuple[str, dict[str, object]]]:
+    """``parameters.yml``, or ``parameters_NN.yml`` files of PARAMS_PER_FILE entries each
+    (Kedro reads every ``parameters*`` file)."""
+    if len(values) <= PARAMS_PER_FILE:
+        return [("parameters.yml", values)]
+    items = list(values.items())
+    return [
+        (f"parameters_{index + 1:02d}.yml", dict(items[start : start + PARAMS_PER_FILE]))
+        for index, start in enumerate(range(0, len(items), PARAMS_PER_FILE))
+    ]
 
 
 def _mlflow_yml(tracking_uri: str, variant: str) -> str:
@@ -241,9 +312,11 @@ def generate_project(
     tracking_uri: str,
     data_dir: Path | None = None,
     mlflow_yml: str = "init",
+    layout: Layout = DEFAULT_LAYOUT,
 ) -> Path:
     """Write the project for ``contender`` into ``dest`` (replacing generated files), with the
-    ``mlflow_yml`` variant of kedro-mlflow's file (see ``MLFLOW_YML_PARAMS``).
+    ``mlflow_yml`` variant of kedro-mlflow's file (see ``MLFLOW_YML_PARAMS``), in the shape
+    of ``layout``.
 
     ``data_dir`` lets every contender's project read and write the same node outputs (they
     are identical), so any node can run on its own after one full run of any contender.
@@ -269,10 +342,21 @@ def generate_project(
     (package / "nodes.py").write_text(_NODES_PY)
     (package / "datasets.py").write_text(_DATASETS_PY)
     (package / "pipeline_registry.py").write_text(
-        _REGISTRY_PY.format(package=PACKAGE, branches=BRANCHES, steps=STEPS_PER_BRANCH)
+        _REGISTRY_PY.format(
+            package=PACKAGE,
+            nodes=layout.nodes,
+            branch_count=len(layout.branches),
+            wide_doc=" and wide (1 node, 1000 params)" if layout.wide else "",
+            branches=layout.branches,
+            steps=layout.steps_per_branch,
+            wide=layout.wide,
+        )
     )
     (package / "settings.py").write_text(_SETTINGS_HEADER.format(name=contender) + variant.settings)
-    (dest / "conf" / "base" / "parameters.yml").write_text(json.dumps(parameters(), indent=1))
+    for old in (dest / "conf" / "base").glob("parameters*.yml"):
+        old.unlink()
+    for name, part in _parameter_files(parameters(layout)):
+        (dest / "conf" / "base" / name).write_text(json.dumps(part, indent=1))
     (dest / "conf" / "base" / "catalog.yml").write_text(
         f'"{{name}}":\n  type: {PACKAGE}.datasets.JsonDataset\n  filepath: {outputs}\n'
     )
@@ -289,8 +373,16 @@ def main() -> None:
     parser.add_argument("dest", type=Path)
     parser.add_argument("--contender", choices=sorted(CONTENDERS), default="ours")
     parser.add_argument("--tracking-uri", default="http://127.0.0.1:5000")
+    parser.add_argument(
+        "--fan-out",
+        type=int,
+        metavar="N",
+        help="N nodes: prepare -> N-2 parallel nodes -> join, 5 scalar params each "
+        "(benchmark/scale.py's shape); default: the 50-node project",
+    )
     args = parser.parse_args()
-    path = generate_project(args.dest, args.contender, args.tracking_uri)
+    layout = fan_out(args.fan_out) if args.fan_out else DEFAULT_LAYOUT
+    path = generate_project(args.dest, args.contender, args.tracking_uri, layout=layout)
     print(f"Generated the {args.contender} project in {path}")
 
 

@@ -124,8 +124,13 @@ def _closure(roots: tuple[str, ...], installed: dict[str, metadata.Distribution]
     return found
 
 
-def make_environment(root: Path, contender: str) -> tuple[Path, list[str]]:
+def make_environment(
+    root: Path, contender: str, requirements: tuple[str, ...] | None = None
+) -> tuple[Path, list[str]]:
     """A venv holding only what the contender's requirements install: its python, its dists.
+
+    ``requirements`` replaces ``ENV_REQUIREMENTS[contender]`` (benchmark/scale.py adds
+    mlflow-skinny to ours, for ``kedro vertex-hooks finalize``).
 
     kedro_vertex_hooks itself is copied from the working tree when the environment is made,
     so that edits during a run do not change what is measured.
@@ -141,10 +146,11 @@ def make_environment(root: Path, contender: str) -> tuple[Path, list[str]]:
     installed = {
         _canonical(d.metadata["Name"]): d for d in metadata.distributions(path=[str(source)])
     }
-    missing = [r for r in ENV_REQUIREMENTS[contender] if _canonical(r) not in installed]
+    requirements = requirements or ENV_REQUIREMENTS[contender]
+    missing = [r for r in requirements if _canonical(r) not in installed]
     if missing:
         raise SystemExit(f"{contender} needs {missing} installed here (`pip install -e .`)")
-    wanted = _closure(ENV_REQUIREMENTS[contender], installed)
+    wanted = _closure(requirements, installed)
     owners: dict[str, set[str]] = {}
     for name, dist in installed.items():
         for file in dist.files or []:
@@ -263,25 +269,9 @@ class Bench:
         command = [str(self.pythons[contender]), "-m", "kedro", "run", *extra_args]
         self.log_count += 1
         log = self.logs / f"{self.log_count:04d}-{contender}-{mode}.log"
-        self.proxy.reset_stats()
-        cpu_before = _children_cpu_s()
-        started = time.perf_counter()
-        with log.open("wb") as out:
-            done = subprocess.run(
-                command,
-                cwd=self.projects[contender],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                check=False,
-            )
-        wall = time.perf_counter() - started
-        cpu = _children_cpu_s() - cpu_before
-        self.proxy.wait_idle()
-        stats = self.proxy.reset_stats()
-        if done.returncode != 0:
-            tail = log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{contender} {mode}: `{' '.join(command)}` failed:\n{tail}")
+        wall, cpu, stats = run_measured(
+            command, self.projects[contender], env, log, self.proxy, f"{contender} {mode}"
+        )
         sample = _sample(contender, mode, repeat, nodes, (wall, cpu), stats)
         self.samples.append(sample)
         return sample
@@ -488,6 +478,28 @@ def imported_modules(importtime_log: str) -> set[str]:
         for line in importtime_log.splitlines()
         if line.startswith("import time:")
     }
+
+
+def run_measured(
+    command: list[str], cwd: Path, env: dict[str, str], log: Path, proxy: Any, what: str
+) -> tuple[float, float, Any]:
+    """Run ``command`` to its end, output in ``log``: its wall and user+system CPU seconds
+    and what the proxy saw of it. A failure raises with the end of the log."""
+    proxy.reset_stats()
+    cpu_before = _children_cpu_s()
+    started = time.perf_counter()
+    with log.open("wb") as out:
+        done = subprocess.run(
+            command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, check=False
+        )
+    wall = time.perf_counter() - started
+    cpu = _children_cpu_s() - cpu_before
+    proxy.wait_idle()
+    stats = proxy.reset_stats()
+    if done.returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{what}: `{' '.join(command)[:300]}` failed ({log}):\n{tail}")
+    return wall, cpu, stats
 
 
 def _children_cpu_s() -> float:
