@@ -166,8 +166,9 @@ def _svg(summary: RunSummary) -> str:
             f'class="{label_class}">{html.escape(label)}</text>'
         )
         process_start = _process_start(node)
+        left = None  # where the row's drawing starts: its start-up bar, else its node bar
         if bounds and process_start and node.started_at:
-            px = _LABEL_WIDTH + (process_start - bounds[0]).total_seconds() * scale
+            px = left = _LABEL_WIDTH + (process_start - bounds[0]).total_seconds() * scale
             width_s = (node.started_at - process_start).total_seconds()
             out.append(
                 f'<rect x="{px:.1f}" y="{y + 8}" width="{width_s * scale:.1f}" '
@@ -180,8 +181,8 @@ def _svg(summary: RunSummary) -> str:
             dashed = ' stroke-dasharray="4 3" fill-opacity="0.55"' if not node.ended_at else ""
             caption = _bar_caption(node)
             caption_x, anchor = x + bar + 4, ""
-            if caption_x + len(caption) * _CAPTION_UNITS_PER_CHAR > width:  # left of the bar
-                caption_x, anchor = x - 4, ' text-anchor="end"'
+            if caption_x + len(caption) * _CAPTION_UNITS_PER_CHAR > width:  # left of the row
+                caption_x, anchor = (x if left is None else left) - 4, ' text-anchor="end"'
             out.append(
                 f'<rect x="{x:.1f}" y="{y + 4}" width="{bar:.1f}" height="{_ROW_HEIGHT - 8}" '
                 f'rx="3" fill="{_colour(node.status)}" stroke="{_colour(node.status)}" '

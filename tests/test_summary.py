@@ -203,6 +203,19 @@ def test_each_steps_process_start_up_is_drawn_before_its_node():
     assert "process start-up: 5.0 s" in page  # in the node's tooltip
 
 
+def test_a_caption_with_no_room_after_its_bar_stands_before_the_start_up_not_over_it():
+    nodes = [
+        Node("a", "completed", "00:05.000", "00:06.000", "h", startup_s=5.0),
+        Node("b", "failed", "00:40.000", "00:41.000", "h", startup_s=4.0),  # at the right edge
+    ]
+    svg = svg_of(render_timeline(summary_of("FAILED", ["a", "b"], nodes)))
+    startup = [rect for rect in svg.iter("rect") if rect.get("class") == "startup"][1]
+    caption = [text for text in svg.iter("text") if text.get("class") == "after"][1]
+
+    assert caption.text == "failed, 1.0 s" and caption.get("text-anchor") == "end"
+    assert float(caption.get("x")) < float(startup.get("x"))
+
+
 def test_timeline_draws_one_bar_per_started_node_coloured_by_status_with_a_legend():
     summary = failed_run()
     page = render_timeline(summary)
