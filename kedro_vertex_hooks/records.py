@@ -7,7 +7,7 @@ the latest value of each metric only, so the run's row (``runs/get``, the runs l
 same size whatever the number of nodes, while the metrics' histories hold the whole record:
 only the steps that may finish the pipeline read one of them (the outcomes), and ``finalize``
 reads them all. The histories are append-only, so a write that arrives late or twice can
-never overwrite a newer fact. Only the host (a string) is a tag per node.
+never overwrite a newer fact. A failed node's error and host (strings) are tags of their own.
 
 Pure functions over plain data, plus :func:`read_history`, the one read of them.
 """

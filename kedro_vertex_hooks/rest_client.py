@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import os
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kedro_vertex_hooks.naming import trim
+from kedro_vertex_hooks.records import now_ms
 from kedro_vertex_hooks.tracking_client import (
     Experiment,
     Metric,
@@ -143,7 +143,7 @@ class RestTrackingClient:
     ) -> Run:
         body: dict[str, Any] = {
             "experiment_id": experiment_id,
-            "start_time": start_time if start_time is not None else _now_ms(),
+            "start_time": start_time if start_time is not None else now_ms(),
             "tags": _key_values((tags or {}).items()),
         }
         if run_name:
@@ -190,7 +190,7 @@ class RestTrackingClient:
             self._call("POST", "/runs/log-batch", body)
 
     def set_terminated(self, run_id: str, status: str = "FINISHED") -> None:
-        body = {"run_id": run_id, "status": status, "end_time": _now_ms()}
+        body = {"run_id": run_id, "status": status, "end_time": now_ms()}
         self._call("POST", "/runs/update", body)
 
     def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
@@ -374,7 +374,3 @@ def _error_code_for(status: int) -> str:
 
 def _key_values(items: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
     return [{"key": key, "value": value} for key, value in items]
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

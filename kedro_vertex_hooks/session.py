@@ -184,7 +184,6 @@ class TrackingSession:
             params_config=config.mlflow.tracking.params.model_dump(),
             header_provider_config=config.header_provider.model_dump(),
             hook_options=options.model_dump(mode="json"),
-            pipeline_nodes=[],
         )
         return cls(client, spec, options, run, source)
 

@@ -135,17 +135,22 @@ def collect_nodes(
     for name, position in positions.items():
         started_s = number(METRIC_NODE_STARTED, position)
         outcome = latest[METRIC_NODE_COMPLETED].get(position)
-        if outcome is not None and (started_s is None or outcome.timestamp >= started_s * 1000):
-            status = NODE_COMPLETED if outcome.value >= 1 else NODE_FAILED
+        # The outcome of its latest start (a node re-run since has none yet).
+        ended = (
+            outcome
+            if outcome is not None and (started_s is None or outcome.timestamp >= started_s * 1000)
+            else None
+        )
+        if ended is not None:
+            status = NODE_COMPLETED if ended.value >= 1 else NODE_FAILED
         else:
             status = NODE_NOT_RUN if started_s is None else NODE_RUNNING
-        ended = status in (NODE_COMPLETED, NODE_FAILED) and outcome is not None
         records.append(
             NodeRecord(
                 name=name,
                 status=status,
                 started_at=_moment(started_s),
-                ended_at=_moment(outcome.timestamp / 1000) if ended and outcome else None,
+                ended_at=_moment(ended.timestamp / 1000) if ended else None,
                 duration_s=number(METRIC_NODE_DURATION, position) if ended else None,
                 peak_rss_mb=number(METRIC_NODE_PEAK_RSS, position),
                 host=tags.get(node_key(TAG_NODE_HOST, name)),

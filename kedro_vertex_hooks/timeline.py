@@ -168,10 +168,10 @@ def _svg(summary: RunSummary) -> str:
         process_start = _process_start(node)
         left = None  # where the row's drawing starts: its start-up bar, else its node bar
         if bounds and process_start and node.started_at:
-            px = left = _LABEL_WIDTH + (process_start - bounds[0]).total_seconds() * scale
+            left = _LABEL_WIDTH + (process_start - bounds[0]).total_seconds() * scale
             width_s = (node.started_at - process_start).total_seconds()
             out.append(
-                f'<rect x="{px:.1f}" y="{y + 8}" width="{width_s * scale:.1f}" '
+                f'<rect x="{left:.1f}" y="{y + 8}" width="{width_s * scale:.1f}" '
                 f'height="{_ROW_HEIGHT - 16}" fill="{_STARTUP_COLOUR}" class="startup"/>'
             )
         if bounds and node.started_at:
