@@ -33,6 +33,8 @@ from tests.support.tracked import (
 
 GET_RUN = "GET /api/2.0/mlflow/runs/get"
 GET_HISTORY = "GET /api/2.0/mlflow/metrics/get-history"
+UPDATE_RUN = "POST /api/2.0/mlflow/runs/update"
+LOG_BATCH = "POST /api/2.0/mlflow/runs/log-batch"
 CREATE_RUN = "POST /api/2.0/mlflow/runs/create"
 
 
@@ -395,7 +397,11 @@ def test_only_a_step_that_may_finish_the_pipeline_reads_and_none_reads_the_whole
 
     assert [s.get(GET_RUN, 0) for s in stats[:2]] == [0, 0]
     assert [s.get(GET_HISTORY, 0) for s in stats] == [0, 0, 1]
-    assert sum(stats[0].values()) <= 2  # the start check and the node's one write
+    # The first step: the start check, then the node's start and end, which share one
+    # request when the node is quicker than the writer's linger (a busy machine can split it).
+    assert stats[0].get(UPDATE_RUN) == 1
+    assert stats[0].get(LOG_BATCH) in (1, 2)
+    assert sum(stats[0].values()) == 1 + stats[0][LOG_BATCH]
     assert client.get_run(run_id).info.status == "FINISHED"  # set by the last step
     assert node_statuses(client, run_id) == dict.fromkeys(SAMPLE_NODES, "completed")
 
