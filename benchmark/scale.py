@@ -232,8 +232,13 @@ def summarise_size(size: dict) -> dict:
             "runs": search["runs_returned"],
             "mb": round(max(search["response_bytes"]) / 1e6, 2),
             "seconds": _round(_median(search["seconds"]), 2),
+            "params_only_mb": _mb(search.get("params_only_response_bytes")),
         },
     }
+
+
+def _mb(sizes: list[int] | None) -> float | None:
+    return round(max(sizes) / 1e6, 2) if sizes else None
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -364,8 +369,9 @@ def markdown(result: dict) -> str:
         "| N | params | tags | metrics | metric points | runs/get (KB) | runs/get via proxy (ms) "
         "| runs/get direct (ms) | user params JSON (KB) | bookkeeping (B / node) "
         "| finalize beyond start-up (s) | finalize start-up (s) | finalize requests "
-        "| finalize read (KB) | runs/search 20 runs (MB) | runs/search (s) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| finalize read (KB) | runs/search 20 runs (MB) | runs/search (s) "
+        "| runs/search, params alone (MB) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         run, fin, search = r["run"], r["finalize"], r["search"]
@@ -376,7 +382,8 @@ def markdown(result: dict) -> str:
             f"| {_fmt(run['runs_get_direct_ms'])} | {_kb(run['params_bytes'])} "
             f"| {run['bookkeeping_per_node']} | {_fmt(fin['beyond_startup_s'])} "
             f"| {_fmt(fin['startup_wall_s'])} | {_fmt(fin['requests'])} "
-            f"| {_kb(fin['bytes_read'])} | {search['mb']} | {_fmt(search['seconds'])} |"
+            f"| {_kb(fin['bytes_read'])} | {search['mb']} | {_fmt(search['seconds'])} "
+            f"| {_fmt(search.get('params_only_mb'))} |"
         )
     lines += [
         "",
@@ -400,7 +407,9 @@ def markdown(result: dict) -> str:
         "bookkeeping = compact JSON of runs/get without `data.params`, per node; finalize "
         "beyond start-up = `kedro vertex-hooks finalize` on the run minus on an empty run; "
         f"runs/search = one search (max_results {SEARCH_RUNS}) of an experiment holding "
-        f"{SEARCH_RUNS} such runs (the repeats' runs and copies of the last one), wire bytes.",
+        f"{SEARCH_RUNS} such runs (the repeats' runs and copies of the last one), wire bytes; "
+        f"params alone = the same search of {SEARCH_RUNS} runs holding only the last run's "
+        "params (what any tool's runs list of these pipelines weighs).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -535,18 +544,24 @@ class ScaleBench:
                 found["runs_returned"] = len(answer.json().get("runs", []))
         return found
 
-    def fill_experiment(self, run_id: str) -> dict[str, Any]:
-        """Copies of the run (params, tags, every metric's full history) until its experiment
-        holds SEARCH_RUNS active runs; straight to the server, not measured."""
+    def fill_experiment(
+        self, run_id: str, experiment_id: str | None = None, params_only: bool = False
+    ) -> dict[str, Any]:
+        """Copies of the run (params, tags, every metric's full history) until the experiment
+        (the run's own by default) holds SEARCH_RUNS active runs; straight to the server, not
+        measured. ``params_only``: copies of the user's params alone, the size a runs list of
+        these pipelines has whatever a tracking tool adds."""
         from mlflow.entities import Param, RunTag
 
         client = self.client()
         run = client.get_run(run_id)
-        experiment_id = run.info.experiment_id
+        experiment_id = experiment_id or run.info.experiment_id
         active = len(client.search_runs([experiment_id], max_results=SEARCH_RUNS))
         history = [m for key in run.data.metrics for m in client.get_metric_history(run_id, key)]
         params = [Param(k, v) for k, v in run.data.params.items()]
         tags = [RunTag(k, v) for k, v in run.data.tags.items() if k != "mlflow.runName"]
+        if params_only:
+            history, tags = [], []
         started = time.perf_counter()
         copies = max(0, SEARCH_RUNS - active)
         for _ in range(copies):
@@ -624,9 +639,13 @@ class ScaleBench:
         run = self.inspect_run(run_id)
         copies = self.fill_experiment(run_id)
         search = self.search(experiment_id)
+        params_only = client.create_experiment(f"{EXPERIMENT}-params-only")
+        self.fill_experiment(run_id, params_only, params_only=True)
+        search["params_only_response_bytes"] = self.search(params_only)["response_bytes"]
         print(
             f"  runs/get {run['runs_get_bytes'] / KB:.0f} KB; {copies['copies']} copies in "
-            f"{copies['copy_s']} s; runs/search {max(search['response_bytes']) / 1e6:.2f} MB"
+            f"{copies['copy_s']} s; runs/search {max(search['response_bytes']) / 1e6:.2f} MB "
+            f"(params alone {max(search['params_only_response_bytes']) / 1e6:.2f} MB)"
         )
         self.close()
         return {

@@ -80,6 +80,7 @@ def size(nodes: int, mid_extra_s: float = 0.05, mid_read: int = 2 * KB,
             "response_bytes": [7_000_000, 7_100_000, 7_000_000],
             "body_bytes": [7_000_000] * 3,
             "runs_returned": 20,
+            "params_only_response_bytes": [6_400_000, 6_500_000, 6_400_000],
         },
     }
 
@@ -144,7 +145,7 @@ def test_step_figures_pair_each_tracked_step_with_the_untracked_one_of_its_repea
     assert row["run"]["bookkeeping_per_node"] == 80.0
     assert row["run"]["runs_get_proxy_ms"] == 45.0
     assert row["run"]["metric_points"] == 1203
-    assert row["search"] == {"runs": 20, "mb": 7.1, "seconds": 1.2}
+    assert row["search"] == {"runs": 20, "mb": 7.1, "seconds": 1.2, "params_only_mb": 6.5}
 
 
 def test_targets_judge_time_against_the_bare_round_trip_and_bytes_at_1000_nodes():
