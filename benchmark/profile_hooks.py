@@ -4,37 +4,42 @@
 
 Runs the benchmark project with ``MlflowRunHooks()`` behind the proxy once in-process and once
 as a one-node step with ``MLFLOW_RUN_ID``, and the same step untracked (``HOOKS = ()``). For
-the one-node step it prints the extra CPU time (the least of ``--repeats`` runs of each,
-taken in turns: interference only ever adds time), the imports tracking adds (modules the
-untracked step does not import, their own import time summed by top-level package), each
-hook's wall time under ``cProfile`` (network waits included), and the requests the proxy saw.
+the one-node step it prints its CPU time by stage (untracked; the package imported and
+``MlflowRunHooks()`` built; the hooks registered with the pipeline not tracked; tracked), each
+the least of ``--repeats`` runs taken in turns (interference only ever adds time), the imports
+tracking adds (modules the untracked step does not import, their own import time summed by
+top-level package), each hook's wall time under ``cProfile`` (network waits included), and
+the requests the proxy saw.
 
 ``--python`` runs the steps in another interpreter, e.g. ``.venv-vertexai/bin/python``:
-kedro-vertexai's image, whose untracked step already imports pydantic and requests through
-kedro-vertexai's CLI plugin. By default the steps run in an environment holding only this
+kedro-vertexai's image, whose untracked step already loads kedro-vertexai's and kedro-mlflow's
+CLI plugins. By default the steps run in an environment holding only this
 package's requirements (the bare image).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import pstats
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from generate_project import generate_project  # noqa: E402
+from generate_project import PACKAGE, generate_project  # noqa: E402
 from run import (  # noqa: E402
     BASELINE,
     BENCHMARK_DIR,
     OURS,
     base_environment,
     make_environment,
+    package_revision,
     run_measured,
 )
 
@@ -93,11 +98,46 @@ def least_cpu_ms(command: list[str], projects: dict, env: dict, repeats: int, pr
     least: dict[str, float] = {}
     log = BENCHMARK_DIR / "results" / "profile" / "step.log"
     for repeat in range(repeats):
-        for name in sorted(projects, reverse=repeat % 2 == 1):
+        for name in list(projects)[:: -1 if repeat % 2 else 1]:
             project, step_env = projects[name]
             _, cpu, _ = run_measured(command, project, {**env, **step_env}, log, proxy, name)
             least[name] = min(least.get(name, cpu * 1000), cpu * 1000)
     return least
+
+
+STAGES = (
+    ("untracked", "`HOOKS = ()`"),
+    ("imported", "+ `MlflowRunHooks()` built in settings.py, not registered"),
+    ("registered", "+ registered, the pipeline listed in `disable_tracking.pipelines`"),
+    ("tracked", "+ tracking the step into the run (`MLFLOW_RUN_ID`)"),
+)
+
+
+def cost_stages(work: Path, tracked: Path, untracked: Path, run_id: str) -> dict:
+    """stage -> (project, extra environment): the tracked project taken apart, so that the
+    CPU of each stage is the difference to the one before."""
+    settings = Path("src") / PACKAGE / "settings.py"
+    imported = work / "stage-imported"
+    registered = work / "stage-registered"
+    for stage in (imported, registered):
+        shutil.copytree(tracked, stage, dirs_exist_ok=True, ignore=shutil.ignore_patterns("data"))
+    (imported / settings).write_text(
+        (tracked / settings)
+        .read_text()
+        .replace("HOOKS = (MlflowRunHooks(),)", "_ = MlflowRunHooks()")
+    )
+    mlflow_yml = registered / "conf" / "base" / "mlflow.yml"
+    mlflow_yml.write_text(
+        mlflow_yml.read_text().replace(
+            "tracking:\n", "tracking:\n  disable_tracking:\n    pipelines: [__default__]\n", 1
+        )
+    )
+    return {
+        "untracked": (untracked, {}),
+        "imported": (imported, {}),
+        "registered": (registered, {}),
+        "tracked": (tracked, {"MLFLOW_RUN_ID": run_id}),
+    }
 
 
 def main() -> None:
@@ -133,6 +173,12 @@ def main() -> None:
         proxy.wait_idle()
         in_process = proxy.reset_stats()
         print(f"# Where a step's time goes: {image}, proxy {args.latency_ms:g} ms")
+        when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        command = " ".join(["python benchmark/profile_hooks.py", *sys.argv[1:]])
+        print(
+            f"\n`{command}` on {when} ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
+            f"kedro_vertex_hooks at {package_revision()})"
+        )
         print(
             f"\nin-process `kedro run` (every node): {wall:.2f} s, {in_process.requests} requests"
         )
@@ -144,13 +190,8 @@ def main() -> None:
             for name, project, e in (("tracked", tracked, step_env), ("untracked", untracked, env))
         }
         added = added_imports(importtimes["tracked"], importtimes["untracked"])
-        cpu = least_cpu_ms(
-            [str(python), "-m", "kedro", *step],
-            {"tracked": (tracked, {"MLFLOW_RUN_ID": run_id}), "untracked": (untracked, {})},
-            env,
-            args.repeats,
-            proxy,
-        )
+        stages = cost_stages(work, tracked, untracked, run_id)
+        cpu = least_cpu_ms([str(python), "-m", "kedro", *step], stages, env, args.repeats, proxy)
         profile = work / "step.prof"
         run_step(
             python, tracked, ["-m", "cProfile", "-o", str(profile), "-m", "kedro", *step], step_env
@@ -173,12 +214,14 @@ def main() -> None:
         print("\n| hook | calls | wall ms |\n|---|---:|---:|")
         for hook in sorted(walls, key=lambda h: -walls[h][1]):
             print(f"| {hook} | {walls[hook][0]} | {walls[hook][1]} |")
-        extra = cpu["tracked"] - cpu["untracked"]
-        print(
-            f"\nCPU of the step (user + system, least of {args.repeats} runs): tracked "
-            f"{cpu['tracked']:.0f} ms, untracked {cpu['untracked']:.0f} ms: "
-            f"**tracking adds {extra:.0f} ms**."
-        )
+        print(f"\nCPU of the step by stage (user + system, least of {args.repeats} runs each):")
+        print("\n| stage | CPU (ms) | added by the stage (ms) |\n|---|---:|---:|")
+        previous = None
+        for stage, label in STAGES:
+            added = "" if previous is None else f"{cpu[stage] - cpu[previous]:.0f}"
+            print(f"| {label} | {cpu[stage]:.0f} | {added} |")
+            previous = stage
+        print(f"\n**Tracking adds {cpu['tracked'] - cpu['untracked']:.0f} ms** to the step.")
         print("\nRequests of one run of the step (no profiler):")
         print("\n| t (ms) | request | status |\n|---:|---|---|")
         first = traffic.records[0].started if traffic.records else 0.0
