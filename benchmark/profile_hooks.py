@@ -1,12 +1,13 @@
 """Where ours spends a step's time: what tracking adds to a one-node step, part by part.
 
-    python benchmark/profile_hooks.py [--latency-ms 25] [--node join] [--python PATH]
+    python benchmark/profile_hooks.py [--latency-ms 25] [--node join] [--repeats 20] [--python PATH]
 
 Runs the benchmark project with ``MlflowRunHooks()`` behind the proxy once in-process and once
 as a one-node step with ``MLFLOW_RUN_ID``, and the same step untracked (``HOOKS = ()``). For
 the one-node step it prints its CPU time by stage (untracked; the package imported and
-``MlflowRunHooks()`` built; the hooks registered with the pipeline not tracked; tracked), each
-the least of ``--repeats`` runs taken in turns (interference only ever adds time), the imports
+``MlflowRunHooks()`` built; the hooks registered with the pipeline not tracked; tracked) over
+``--repeats`` runs of each taken in turns, what each stage adds as the median of paired
+differences (a slow minute of the machine hits both of a pair), the imports
 tracking adds (modules the untracked step does not import, their own import time summed by
 top-level package), each hook's wall time under ``cProfile`` (network waits included), and
 the requests the proxy saw.
@@ -22,7 +23,9 @@ from __future__ import annotations
 import argparse
 import os
 import pstats
+import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -92,17 +95,50 @@ def run_step(python: Path, project: Path, args: list[str], env: dict[str, str], 
     return done
 
 
-def least_cpu_ms(command: list[str], projects: dict, env: dict, repeats: int, proxy) -> dict:
-    """project name -> the least CPU time (ms) of ``repeats`` runs of ``command`` in it,
-    the projects taking turns so that slow minutes of the machine hit both."""
-    least: dict[str, float] = {}
+def cpu_samples(command: list[str], projects: dict, env: dict, repeats: int, proxy) -> dict:
+    """project name -> the CPU times (ms) of ``repeats`` runs of ``command`` in it, the
+    projects taking turns so that the i-th samples of all of them were taken together."""
+    samples: dict[str, list[float]] = {name: [] for name in projects}
     log = BENCHMARK_DIR / "results" / "profile" / "step.log"
     for repeat in range(repeats):
         for name in list(projects)[:: -1 if repeat % 2 else 1]:
             project, step_env = projects[name]
             _, cpu, _ = run_measured(command, project, {**env, **step_env}, log, proxy, name)
-            least[name] = min(least.get(name, cpu * 1000), cpu * 1000)
-    return least
+            samples[name].append(cpu * 1000)
+    return samples
+
+
+def paired_difference(after: list[float], before: list[float]) -> tuple[float, float, float]:
+    """Median and quartiles of ``after[i] - before[i]``: samples taken together, so a slow
+    minute of the machine raises both of a pair and cancels out of their difference."""
+    differences = [a - b for a, b in zip(after, before, strict=True)]
+    lower, _, upper = statistics.quantiles(differences, n=4)
+    return statistics.median(differences), lower, upper
+
+
+def stage_costs(samples: Mapping[str, list[float]], stages: list[str]) -> list[dict]:
+    """Per stage: its least and median CPU, and what it adds to the stage before it."""
+    rows = []
+    for index, stage in enumerate(stages):
+        row = {"stage": stage, "least": min(samples[stage])}
+        row["median"] = statistics.median(samples[stage])
+        if index:
+            row["added"] = paired_difference(samples[stage], samples[stages[index - 1]])
+        rows.append(row)
+    return rows
+
+
+def instructions(python: Path, project: Path, args: list[str], env: dict[str, str]) -> float:
+    """Instructions the step executes, counted by valgrind's callgrind: unlike CPU time, the
+    same for the same work whatever else the machine is doing (and ~40 times slower)."""
+    out = project / "callgrind.out"
+    command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", str(python), *args]
+    done = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if done.returncode != 0 or not found:
+        sys.exit(f"{' '.join(command)} failed in {project}:\n{done.stderr[-2000:]}")
+    out.unlink()
+    return float(found.group(1))
 
 
 STAGES = (
@@ -145,7 +181,12 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=25.0)
     parser.add_argument("--node", default="join")
     parser.add_argument("--python", help="interpreter of the steps (default: the bare image)")
-    parser.add_argument("--repeats", type=int, default=10, help="runs of each step for CPU")
+    parser.add_argument("--repeats", type=int, default=20, help="runs of each step for CPU")
+    parser.add_argument(
+        "--count-instructions",
+        action="store_true",
+        help="also count each stage's instructions under valgrind (two runs each, ~6 min)",
+    )
     args = parser.parse_args()
     work = BENCHMARK_DIR / "results" / "profile"
     shutil.rmtree(work, ignore_errors=True)
@@ -191,7 +232,7 @@ def main() -> None:
         }
         added = added_imports(importtimes["tracked"], importtimes["untracked"])
         stages = cost_stages(work, tracked, untracked, run_id)
-        cpu = least_cpu_ms([str(python), "-m", "kedro", *step], stages, env, args.repeats, proxy)
+        cpu = cpu_samples([str(python), "-m", "kedro", *step], stages, env, args.repeats, proxy)
         profile = work / "step.prof"
         run_step(
             python, tracked, ["-m", "cProfile", "-o", str(profile), "-m", "kedro", *step], step_env
@@ -214,14 +255,47 @@ def main() -> None:
         print("\n| hook | calls | wall ms |\n|---|---:|---:|")
         for hook in sorted(walls, key=lambda h: -walls[h][1]):
             print(f"| {hook} | {walls[hook][0]} | {walls[hook][1]} |")
-        print(f"\nCPU of the step by stage (user + system, least of {args.repeats} runs each):")
-        print("\n| stage | CPU (ms) | added by the stage (ms) |\n|---|---:|---:|")
-        previous = None
-        for stage, label in STAGES:
-            added = "" if previous is None else f"{cpu[stage] - cpu[previous]:.0f}"
-            print(f"| {label} | {cpu[stage]:.0f} | {added} |")
-            previous = stage
-        print(f"\n**Tracking adds {cpu['tracked'] - cpu['untracked']:.0f} ms** to the step.")
+        print(f"\nCPU of the step by stage (user + system, {args.repeats} runs each, in turns):")
+        print(
+            "\n| stage | least (ms) | median (ms) | added: median of paired differences (ms) "
+            "| quartiles (ms) |\n|---|---:|---:|---:|---|"
+        )
+        labels = dict(STAGES)
+        for row in stage_costs(cpu, list(labels)):
+            added = "{:.0f} | {:.0f} .. {:.0f}".format(*row["added"]) if "added" in row else " | "
+            label, least, median = labels[row["stage"]], row["least"], row["median"]
+            print(f"| {label} | {least:.0f} | {median:.0f} | {added} |")
+        print(
+            "\n**Tracking adds {:.0f} ms** to the step (median of the paired differences tracked "
+            "- untracked; quartiles {:.0f} .. {:.0f} ms).".format(
+                *paired_difference(cpu["tracked"], cpu["untracked"])
+            )
+        )
+        if args.count_instructions:
+            counts = {
+                stage: [
+                    instructions(python, project, ["-m", "kedro", *step], {**env, **extra})
+                    for _ in range(2)
+                ]
+                for stage, (project, extra) in stages.items()
+            }
+            ms_each = statistics.median(cpu["untracked"]) / statistics.median(counts["untracked"])
+            print(
+                "\nInstructions of the step by stage (valgrind's callgrind, two runs each; "
+                "ms: at the untracked step's median CPU time per instruction):"
+            )
+            print("\n| stage | instructions (M) | added (M) | added (≈ ms) |\n|---|---:|---:|---:|")
+            for row in stage_costs(counts, list(labels)):
+                added = row["added"][0] if "added" in row else None
+                print(
+                    f"| {labels[row['stage']]} | {row['median'] / 1e6:.0f} | "
+                    + ("| |" if added is None else f"{added / 1e6:.0f} | {added * ms_each:.0f} |")
+                )
+            total = paired_difference(counts["tracked"], counts["untracked"])[0]
+            print(
+                f"\n**By instructions, tracking adds {total / 1e6:.0f} M "
+                f"(≈ {total * ms_each:.0f} ms)** to the step."
+            )
         print("\nRequests of one run of the step (no profiler):")
         print("\n| t (ms) | request | status |\n|---:|---|---|")
         first = traffic.records[0].started if traffic.records else 0.0
