@@ -206,6 +206,7 @@ def finalize_command(
     """Close the run: terminal status, lost nodes, summary and timeline. Safe to run twice."""
     from kedro_vertex_hooks.hooks import pipeline_node_names
     from kedro_vertex_hooks.lifecycle import finalize, find_run_id
+    from kedro_vertex_hooks.summary import run_page_url
 
     source = RunSource.from_env()
     with (
@@ -240,6 +241,9 @@ def finalize_command(
     changed = ", ".join(result.changed) or "nothing changed (already finalized)"
     lost = f"; lost nodes: {', '.join(result.lost_nodes)}" if result.lost_nodes else ""
     click.echo(f"MLflow run {result.run_id} is {result.status}: {changed}{lost}", err=True)
+    page = run_page_url(config.tracking_uri, result.experiment_id, result.run_id)
+    if page:
+        click.echo(f"Open it at: {page}", err=True)
 
 
 @vertex_hooks.command(name="doctor")

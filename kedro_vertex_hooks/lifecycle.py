@@ -200,6 +200,7 @@ def find_run_id(
 @dataclass
 class FinalizeResult:
     run_id: str
+    experiment_id: str
     status: str
     changed: list[str] = field(default_factory=list)  # what this call wrote, in words
     lost_nodes: tuple[str, ...] = ()
@@ -230,7 +231,7 @@ def finalize(
         normalise_state(orchestrator_state),
         project,
     )
-    result = FinalizeResult(run_id=run_id, status=plan.status, lost_nodes=plan.lost_nodes)
+    result = FinalizeResult(run_id, resolved.experiment_id, plan.status, lost_nodes=plan.lost_nodes)
     if plan.tags:
         client.log_batch(run_id, tags=_run_tags(plan.tags))
         result.changed.append(f"{len(plan.tags)} tag(s)")

@@ -9,6 +9,7 @@ format it lands in.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -209,6 +210,23 @@ def shorten(text: str, limit: int) -> str:
 
 def format_time(moment: datetime | None) -> str:
     return moment.strftime("%H:%M:%S") if moment else ""
+
+
+def run_page_url(tracking_uri: str, experiment_id: str, run_id: str, tab: str = "") -> str | None:
+    """The run's page in MLflow's UI for an ``http(s)`` tracking URI (``tab``: e.g.
+    ``artifacts``), else None.
+
+    It opens on the UI's "Model training" view: MLflow 3's UI shows experiments in its GenAI
+    view (where these runs are "evaluation runs") unless the page's ``workflowType`` says
+    otherwise; older UIs ignore it. Credentials in the URI are left out of the link."""
+    parts = urllib.parse.urlsplit(tracking_uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    page = f"{base}/#/experiments/{experiment_id}/runs/{run_id}" + (f"/{tab}" if tab else "")
+    return f"{page}?workflowType=machine_learning"
 
 
 def outcome_line(summary: RunSummary) -> str:

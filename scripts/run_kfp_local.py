@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from kedro_vertex_hooks.naming import TAG_RUN_NOTE
+from kedro_vertex_hooks.summary import run_page_url
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_PROJECT = REPO / "sample_project"
@@ -107,9 +108,9 @@ def run_and_report(project_dir: Path, fail: bool, run_name: str, report: Path | 
             *summary_lines(note),
             f"Tracking URI:  {tracking_uri}",
         ]
-        if tracking_uri.startswith(("http://", "https://")):
-            where = f"{tracking_uri.rstrip('/')}/#/experiments/{run.info.experiment_id}"
-            lines.append(f"Open it at:    {where}/runs/{run.info.run_id}")
+        page = run_page_url(tracking_uri, run.info.experiment_id, run.info.run_id)
+        if page:
+            lines.append(f"Open it at:    {page}")
         else:
             lines.append(f"Open it with:  mlflow ui --backend-store-uri {tracking_uri}")
             lines.append(f"               then experiment '{experiment_name}', run '{run_name}'")

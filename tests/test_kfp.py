@@ -26,6 +26,7 @@ from kedro_vertex_hooks.naming import (
     TAG_JOB_NAME,
     TAG_RUN_NOTE,
 )
+from kedro_vertex_hooks.summary import run_page_url
 from tests.support.browser import VIEWPORT, Browser, chromium
 from tests.support.project import (
     FULL_PYTHON,
@@ -142,13 +143,18 @@ def look_at_run(
     browser: Browser, server, run, name: str, must_see: list[str], failed: str | None = None
 ) -> None:
     """The run's page, then its timeline.html in the artifact view, as a person opens them."""
-    page = f"{server.uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    page = run_page_url(server.uri, run.info.experiment_id, run.info.run_id)
     browser.get(page, wait_for=must_see[0])
     browser.screenshot(f"{name}-run-page")
     for text in must_see:
         assert_seen(browser, text)
+    # the link opens MLflow 3's "Model training" view (a runs list), not its default GenAI one
+    # ("Evaluation runs" in its sidebar, "Evaluations" in the breadcrumb)
+    assert_seen(browser, "Model registry")
+    assert browser.find_text("Evaluation runs") is None
 
-    browser.get(f"{page}/artifacts", wait_for=TIMELINE_ARTIFACT)
+    artifacts = run_page_url(server.uri, run.info.experiment_id, run.info.run_id, "artifacts")
+    browser.get(artifacts, wait_for=TIMELINE_ARTIFACT)
     browser.click_text(TIMELINE_ARTIFACT)
     frame = browser.wait_for_element("iframe")
     browser.screenshot(f"{name}-timeline")

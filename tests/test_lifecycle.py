@@ -26,7 +26,7 @@ from kedro_vertex_hooks.naming import (
     TAG_RUN_NOTE,
 )
 from kedro_vertex_hooks.records import end_points, start_points
-from kedro_vertex_hooks.summary import NodeRecord
+from kedro_vertex_hooks.summary import NodeRecord, run_page_url
 from tests.support.mlflow_server import free_port
 from tests.support.project import base_env
 from tests.support.tracked import node_statuses
@@ -156,6 +156,8 @@ def test_a_step_killed_during_a_node_is_lost_after_finalize_and_finalize_is_idem
     note = run.data.tags[TAG_RUN_NOTE]
     assert note.startswith("**KILLED**") and "**Lost:** quality\\_gate" in note
     assert [a.path for a in client.list_artifacts(run_id)] == [TIMELINE_ARTIFACT]
+    page = run_page_url(mlflow_server.uri, run.info.experiment_id, run_id)
+    assert f"Open it at: {page}" in closed.stderr.splitlines()  # the link a person follows
 
     again = project.run(["vertex-hooks", "finalize", "--run-id", run_id], env)
 

@@ -24,7 +24,13 @@ from kedro_vertex_hooks.naming import (
     node_key,
 )
 from kedro_vertex_hooks.records import start_points
-from kedro_vertex_hooks.summary import RunSummary, format_duration, format_memory, render_note
+from kedro_vertex_hooks.summary import (
+    RunSummary,
+    format_duration,
+    format_memory,
+    render_note,
+    run_page_url,
+)
 from kedro_vertex_hooks.timeline import STATUS_COLOURS, render_timeline, tick_label
 from kedro_vertex_hooks.tracking_client import Metric
 from tests.support.tracked import note_node_rows, note_node_table
@@ -322,3 +328,18 @@ def test_durations_and_memory_read_like_a_person_wrote_them():
         "1 h 02 min",
     ]
     assert [format_memory(m) for m in (310.4, 2048.0)] == ["310 MB", "2.0 GB"]
+
+
+def test_the_run_page_link_opens_the_model_training_view_and_holds_no_credentials():
+    page = run_page_url("https://user:s3cret@mlflow.example.com/", "7", "abc123")
+
+    assert page == (
+        "https://mlflow.example.com/#/experiments/7/runs/abc123?workflowType=machine_learning"
+    )
+    assert run_page_url("http://127.0.0.1:5000/mlflow", "1", "r", "artifacts") == (
+        "http://127.0.0.1:5000/mlflow/#/experiments/1/runs/r/artifacts"
+        "?workflowType=machine_learning"
+    )
+    assert run_page_url("http://[::1]:8080", "1", "r").startswith("http://[::1]:8080/#/")
+    assert run_page_url("sqlite:///mlflow.db", "1", "r") is None  # no UI to link to
+    assert run_page_url("databricks", "1", "r") is None
