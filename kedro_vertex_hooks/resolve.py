@@ -188,12 +188,26 @@ def job_tags(job_id: str | None, job_name: str | None) -> dict[str, str]:
     return tags
 
 
+# A job name's trailing timestamp, as Vertex AI (``<pipeline>-20261203080015``) and KFP's
+# local runner (``<pipeline>-2026-12-03-08-00-15-087906``) end job names with it.
+_TRAILING_TIMESTAMP = re.compile(
+    r"^(?P<name>.+?)[-_](?P<y>\d{4})-?(?P<mo>\d{2})-?(?P<d>\d{2})[-_T]?"
+    r"(?P<h>\d{2})-?(?P<mi>\d{2})-?(?P<s>\d{2})(?:[-_.]\d{1,6})?$"
+)
+
+
 def job_run_name(job_id: str | None, job_name: str | None) -> str | None:
-    """The name of a job's run, its distinguishing part first: the job name, or for a job
-    whose id is ``<job name>/<run id>`` (an Airflow DAG, whose name is the same every run)
-    ``<run id> · <job name>``, so that the runs list, which cuts long names, tells them apart."""
+    """The name of a job's run, its distinguishing part first, so that the runs list, which
+    cuts long names, tells the runs of one pipeline apart: for a job whose id is ``<job
+    name>/<run id>`` (an Airflow DAG, whose name is the same every run) ``<run id> · <job
+    name>``; for a job name that ends with a timestamp ``2026-12-03 08:00:15 · <pipeline>``;
+    else the job name. The ``vertexai_job_name`` tag keeps the job name as it is."""
     if job_id and job_name and job_id.startswith(job_name + "/"):
         return f"{job_id[len(job_name) + 1 :]} · {job_name}"
+    stamped = _TRAILING_TIMESTAMP.match(job_name or "")
+    if stamped:
+        when = "{y}-{mo}-{d} {h}:{mi}:{s}".format(**stamped.groupdict())
+        return f"{when} · {stamped['name']}"
     return job_name
 
 

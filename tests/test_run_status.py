@@ -100,4 +100,9 @@ def test_a_jobs_run_is_named_with_its_distinguishing_part_first():
         "manual__2026-12-03T06:00:00+00:00 · kedro-sample"
     )
     assert job_run_name("8123", "sample-pipeline-20261203") == "sample-pipeline-20261203"
+    vertex = "sample-project-20261203080015"  # Vertex AI's job name: <pipeline>-<timestamp>
+    assert job_run_name("8123", vertex) == "2026-12-03 08:00:15 · sample-project"
+    kfp_local = "sample-project-2026-12-03-08-00-15-087906"
+    assert job_run_name("8123", kfp_local) == "2026-12-03 08:00:15 · sample-project"
+    assert job_run_name("8123", "train-v2") == "train-v2"
     assert job_run_name("8123", None) is None
