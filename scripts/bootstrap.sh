@@ -15,13 +15,27 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 
+# pip's output goes to <venv>/bootstrap.log (shown when it fails), so that the demo's output
+# is the pipeline's. A venv whose requirements and pyproject files have not changed since it
+# was last made is left as it is (its stamp says so): editable installs rebuild otherwise.
 make_venv() {
     local dir="$1"; shift
+    local log="$dir/bootstrap.log" stamp
+    stamp="$(printf '%s\n' "$@" | cat - pyproject.toml sample_project/pyproject.toml | sha256sum)"
+    if [ -f "$dir/.bootstrap-stamp" ] && [ "$(cat "$dir/.bootstrap-stamp")" = "$stamp" ]; then
+        return 0
+    fi
+    echo "bootstrap: setting up $dir (pip's log: $log)" >&2
     if [ ! -x "$dir/bin/python" ]; then
         "$PYTHON" -m venv "$dir"
-        "$dir/bin/python" -m pip install --quiet --upgrade pip
     fi
-    "$dir/bin/python" -m pip install --quiet "$@"
+    if ! { "$dir/bin/python" -m pip install --upgrade pip \
+        && "$dir/bin/python" -m pip install "$@"; } >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        echo "bootstrap: pip failed for $dir; the whole log: $log" >&2
+        exit 1
+    fi
+    echo "$stamp" >"$dir/.bootstrap-stamp"
 }
 
 make_venv .venv -e ".[test,kedro-mlflow]" -e ./sample_project
