@@ -540,6 +540,8 @@ class MlflowProxy:
 
     # -- counters ---------------------------------------------------------------------------
     def stats(self) -> TrafficStats:
+        """The counters so far. A request is counted after its answer is sent, so a client can
+        hold its answer before the count does: call :meth:`wait_idle` first to count it."""
         with self._lock:
             return self._stats.snapshot()
 
