@@ -172,6 +172,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile = _Counting(self.wfile)
         self._upstream: http.client.HTTPConnection | None = None
         self._record: dict[str, Any] | None = None
+        self._answering = False
         self.server.proxy._connection_opened(self.connection)
 
     def finish(self) -> None:
@@ -203,8 +204,10 @@ class _Handler(BaseHTTPRequestHandler):
                         started=self._record["started"],
                         seconds=time.monotonic() - self._record["started"],
                         authorization=self._record["authorization"],
-                    )
+                    ),
+                    answered=self._answering,
                 )
+            self._answering = False
 
     def _proxy_request(self) -> None:
         proxy = self.server.proxy
@@ -307,8 +310,16 @@ class _Handler(BaseHTTPRequestHandler):
     def _response_headers(self, response: http.client.HTTPResponse) -> list[tuple[str, str]]:
         return [(k, v) for k, v in response.getheaders() if k.lower() not in _HOP_BY_HOP]
 
+    def _begin_answer(self) -> None:
+        """From here the client may see an answer (or a reset): the counters wait for this
+        request's record, so that a client's count and the proxy's agree."""
+        if not self._answering:
+            self._answering = True
+            self.server.proxy._answer_started()
+
     def _relay(self, response: http.client.HTTPResponse) -> None:
         """Stream the upstream response to the client with the same framing."""
+        self._begin_answer()
         bodyless = self.command == "HEAD" or response.status in (204, 304)
         until_close = not bodyless and not response.chunked and response.length is None
         self._record["status"] = response.status  # type: ignore[index]
@@ -330,6 +341,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _relay_cut(self, response: http.client.HTTPResponse) -> None:
         """Send the first half of the response (the server did the work), then reset."""
+        self._begin_answer()
         body = response.read()
         response.close()
         if response.will_close:
@@ -348,6 +360,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._reset()
 
     def _answer_error(self, status: int, message: str) -> None:
+        self._begin_answer()
         body = json.dumps({"error_code": "TEMPORARILY_UNAVAILABLE", "message": message}).encode()
         self._record["status"] = status  # type: ignore[index]
         self.send_response_only(status)
@@ -360,6 +373,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _reset(self) -> None:
         """Abort the client connection with a TCP reset (linger 0, then a real close)."""
+        self._begin_answer()
         self.close_connection = True
         with contextlib.suppress(OSError):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -397,6 +411,7 @@ class MlflowProxy:
         self._holds: list[Hold] = []
         self._connections: set[socket.socket] = set()
         self._in_flight = 0
+        self._answering = 0  # requests answered (or reset) but not yet counted
         self._stats = _MutableStats()
         self._server: _Server | None = None
         self._serve_thread: threading.Thread | None = None
@@ -540,14 +555,16 @@ class MlflowProxy:
 
     # -- counters ---------------------------------------------------------------------------
     def stats(self) -> TrafficStats:
-        """The counters so far. A request is counted after its answer is sent, so a client can
-        hold its answer before the count does: call :meth:`wait_idle` first to count it."""
+        """The counters so far, every request a client has had its answer to included (a
+        request is counted once its answer is sent; this waits for those being sent)."""
         with self._lock:
+            self._wait_answers_counted()
             return self._stats.snapshot()
 
     def reset_stats(self) -> TrafficStats:
         """Return the counters and start new ones, atomically."""
         with self._lock:
+            self._wait_answers_counted()
             snapshot = self._stats.snapshot()
             self._stats = _MutableStats()
             return snapshot
@@ -557,7 +574,15 @@ class MlflowProxy:
         with self._lock:
             return self._lock.wait_for(lambda: self._in_flight == 0, timeout_s)
 
+    def _wait_answers_counted(self, timeout_s: float = 10.0) -> None:
+        """(Lock held.) Held or slowed requests are not waited for: they have no answer yet."""
+        self._lock.wait_for(lambda: self._answering == 0, timeout_s)
+
     # -- called by the handler threads --------------------------------------------------------
+    def _answer_started(self) -> None:
+        with self._lock:
+            self._answering += 1
+
     def _request_started(self, endpoint: str) -> _Fault | None:
         now = time.monotonic()
         with self._lock:
@@ -591,9 +616,10 @@ class MlflowProxy:
             barrier.released += 1
             self._lock.notify_all()
 
-    def _request_done(self, record: RequestRecord) -> None:
+    def _request_done(self, record: RequestRecord, answered: bool) -> None:
         with self._lock:
             self._in_flight -= 1
+            self._answering -= answered
             self._stats.add(record)
             self._lock.notify_all()
 
