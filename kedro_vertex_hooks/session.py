@@ -22,10 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kedro_vertex_hooks.config import (
-    HookOptions,
-    ProjectConfig,
-)
+from kedro_vertex_hooks.config import HookOptions, ProjectConfig, as_plain
 from kedro_vertex_hooks.connection import connect
 from kedro_vertex_hooks.datasets import artifact_destinations, metric_values
 from kedro_vertex_hooks.errors import UserError
@@ -181,9 +178,9 @@ class TrackingSession:
         spec = SessionSpec(
             tracking_uri=config.tracking_uri,
             run_id=run.run_id,
-            params_config=config.mlflow.tracking.params.model_dump(),
-            header_provider_config=config.header_provider.model_dump(),
-            hook_options=options.model_dump(mode="json"),
+            params_config=as_plain(config.mlflow.tracking.params),
+            header_provider_config=as_plain(config.header_provider),
+            hook_options=as_plain(options),
         )
         return cls(client, spec, options, run, source)
 

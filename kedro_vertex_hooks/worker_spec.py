@@ -13,7 +13,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from kedro_vertex_hooks.config import ParamsConfig, RequestHeaderProviderConfig
+from kedro_vertex_hooks.config import ParamsConfig, RequestHeaderProviderConfig, parse_section
 
 SESSION_ENV = "KEDRO_VERTEX_HOOKS_SESSION"
 
@@ -31,11 +31,11 @@ class SessionSpec:
 
     @property
     def header_provider(self) -> RequestHeaderProviderConfig:
-        return RequestHeaderProviderConfig.model_validate(self.header_provider_config)
+        return parse_section(RequestHeaderProviderConfig, self.header_provider_config, SESSION_ENV)
 
     @property
     def params(self) -> ParamsConfig:
-        return ParamsConfig.model_validate(self.params_config)
+        return parse_section(ParamsConfig, self.params_config, SESSION_ENV)
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))

@@ -32,7 +32,7 @@ from kedro_vertex_hooks.auth import (
     registered_provider_names,
 )
 from kedro_vertex_hooks.auth.gcp import MLFlowGoogleOauthRequestHeaderProvider
-from kedro_vertex_hooks.config import RequestHeaderProviderConfig
+from kedro_vertex_hooks.config import RequestHeaderProviderConfig, as_plain, parse_section
 from tests.support.auth_stack import (
     AUDIENCE,
     AuthStack,
@@ -171,7 +171,8 @@ def test_context_is_passed_only_when_asked() -> None:
 
 def test_installing_twice_keeps_one_registration_and_one_token(adc: AuthStack) -> None:
     first = install_header_provider(OAUTH)
-    second = install_header_provider(RequestHeaderProviderConfig.model_validate(OAUTH.model_dump()))
+    again = parse_section(RequestHeaderProviderConfig, as_plain(OAUTH), "test")
+    second = install_header_provider(again)
 
     assert second is first
     assert instances_of(MLFlowGoogleOauthRequestHeaderProvider) == 1
@@ -233,12 +234,12 @@ def test_no_provider_configured_removes_ours(adc: AuthStack) -> None:
 def test_worker_process_installs_from_the_config_as_json(adc: AuthStack, tmp_path: Path) -> None:
     """A ParallelRunner spawn worker: fresh interpreter, no Kedro context, config as JSON."""
     code = """
-import sys
+import json, sys
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from kedro_vertex_hooks.auth import ensure_single_registration
-from kedro_vertex_hooks.config import RequestHeaderProviderConfig
-config = RequestHeaderProviderConfig.model_validate_json(sys.argv[1])
+from kedro_vertex_hooks.config import RequestHeaderProviderConfig, parse_section
+config = parse_section(RequestHeaderProviderConfig, json.loads(sys.argv[1]), "argv")
 first = ensure_single_registration(config)
 assert ensure_single_registration(config) is first
 MlflowClient(sys.argv[2]).search_experiments()
@@ -248,7 +249,7 @@ print(first.headers["Authorization"])
         tmp_path, GOOGLE_APPLICATION_CREDENTIALS=str(adc.google.write_key_file(tmp_path / "k"))
     )
 
-    worker = run_python(code, env, OAUTH.model_dump_json(), adc.proxy.url)
+    worker = run_python(code, env, json.dumps(as_plain(OAUTH)), adc.proxy.url)
 
     assert worker.returncode == 0, worker.stderr
     assert worker.stdout.startswith("Bearer eyJh…(")
@@ -263,11 +264,12 @@ def test_mlflow_imported_after_a_rest_step_installed_the_provider_sends_it_once(
     talk REST); the user's own code then imports MLflow, whose registry gets the provider from
     the package's ``mlflow.request_header_provider`` entry point."""
     code = """
-import sys
+import json, sys
 from kedro_vertex_hooks.auth import install_header_provider
-from kedro_vertex_hooks.config import RequestHeaderProviderConfig
+from kedro_vertex_hooks.config import RequestHeaderProviderConfig, parse_section
 from kedro_vertex_hooks.rest_client import RestTrackingClient
-install_header_provider(RequestHeaderProviderConfig.model_validate_json(sys.argv[1]))
+config = parse_section(RequestHeaderProviderConfig, json.loads(sys.argv[1]), "argv")
+install_header_provider(config)
 RestTrackingClient(sys.argv[2]).create_experiment("rest-first")
 print("mlflow loaded before:", "mlflow" in sys.modules)
 from mlflow import MlflowClient
@@ -277,7 +279,7 @@ MlflowClient(sys.argv[2]).create_experiment("mlflow-later")
         tmp_path, GOOGLE_APPLICATION_CREDENTIALS=str(adc.google.write_key_file(tmp_path / "k"))
     )
 
-    step = run_python(code, env, OAUTH.model_dump_json(), adc.proxy.url, python=SKINNY_PYTHON)
+    step = run_python(code, env, json.dumps(as_plain(OAUTH)), adc.proxy.url, python=SKINNY_PYTHON)
 
     assert step.returncode == 0, step.stderr
     assert "mlflow loaded before: False" in step.stdout

@@ -24,9 +24,9 @@ CONTAINER = """
 import json, sys, time
 from mlflow import MlflowClient
 from kedro_vertex_hooks.auth import install_header_provider
-from kedro_vertex_hooks.config import RequestHeaderProviderConfig
+from kedro_vertex_hooks.config import RequestHeaderProviderConfig, parse_section
 
-config = RequestHeaderProviderConfig.model_validate_json(sys.argv[1])
+config = parse_section(RequestHeaderProviderConfig, json.loads(sys.argv[1]), "argv")
 installed = install_header_provider(config)
 client = MlflowClient(sys.argv[2])
 run = client.create_run(client.create_experiment(sys.argv[3]))
@@ -39,11 +39,12 @@ print(json.dumps({"requests": step + 2, "token": installed.provider.request_head
 """
 
 FAIL_FAST = """
-import sys
+import json, sys
 from kedro_vertex_hooks.auth import AuthError, install_header_provider
-from kedro_vertex_hooks.config import RequestHeaderProviderConfig
+from kedro_vertex_hooks.config import RequestHeaderProviderConfig, parse_section
 try:
-    install_header_provider(RequestHeaderProviderConfig.model_validate_json(sys.argv[1]))
+    config = parse_section(RequestHeaderProviderConfig, json.loads(sys.argv[1]), "argv")
+    install_header_provider(config)
 except AuthError as exc:
     print(exc)
     sys.exit(3)

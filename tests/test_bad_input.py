@@ -113,12 +113,13 @@ def output_of(result) -> str:
         (
             "mlflow",
             "tracking: {params: {long_params_strategy: shorten}}",
-            "'tracking.params.long_params_strategy': Input should be 'fail', 'truncate' or 'tag'",
+            "'tracking.params.long_params_strategy': must be one of 'fail', 'truncate', 'tag', "
+            "found 'shorten'",
         ),
         (
             "mlflow",
             "tracking: {experiment: {name: [a, b]}}",
-            "'tracking.experiment.name': Input should be a valid string",
+            "'tracking.experiment.name': expected `str | null`, got a list",
         ),
         (
             "mlflow",
@@ -133,7 +134,7 @@ def output_of(result) -> str:
         (
             "vertexai",
             "run_config: {mlflow: {request_header_provider_params: [1, 2]}}",
-            "'run_config.mlflow.request_header_provider_params': Input should be a valid dict",
+            "'run_config.mlflow.request_header_provider_params': expected a mapping, got a list",
         ),
         (
             "vertexai",
@@ -178,8 +179,11 @@ def test_broken_configuration_fails_before_any_node_naming_file_and_key(
     ("options", "expected"),
     [
         ("outage_budget=5", "unknown key 'outage_budget'"),
-        ("outage_budget_s=-1", "'outage_budget_s': Input should be greater than or equal to 0"),
-        ("on_param_conflict='ignore'", "'on_param_conflict': Input should be 'tag' or 'fail'"),
+        ("outage_budget_s=-1", "'outage_budget_s': expected `float` >= 0.0"),
+        (
+            "on_param_conflict='ignore'",
+            "'on_param_conflict': must be one of 'tag', 'fail', found 'ignore'",
+        ),
     ],
 )
 def test_mistyped_hook_options_fail_naming_the_option(tmp_path, mlflow_server, options, expected):

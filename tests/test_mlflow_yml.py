@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from kedro_vertex_hooks.config import MlflowYml, ignored_settings
+from kedro_vertex_hooks.config import MlflowYml, ignored_settings, parse_mlflow_yml
 from tests.support.generated_project import write_logging_config
 from tests.support.project import base_env
 from tests.support.tracked import every_run_id
@@ -12,7 +12,7 @@ from tests.support.tracked import every_run_id
 
 def test_keys_this_package_does_not_use_are_named_only_when_set():
     assert ignored_settings(MlflowYml()) == []
-    as_kedro_mlflow_init_writes = MlflowYml.model_validate(
+    as_kedro_mlflow_init_writes = parse_mlflow_yml(
         {
             "server": {"mlflow_registry_uri": None},
             "tracking": {
@@ -20,14 +20,16 @@ def test_keys_this_package_does_not_use_are_named_only_when_set():
                 "run": {"id": None, "name": None, "nested": True},
             },
             "ui": {"port": "5000", "host": "127.0.0.1"},
-        }
+        },
+        "mlflow.yml",
     )
     assert ignored_settings(as_kedro_mlflow_init_writes) == []
-    customised = MlflowYml.model_validate(
+    customised = parse_mlflow_yml(
         {
             "server": {"mlflow_registry_uri": "databricks-uc"},
             "tracking": {"run": {"name": "nightly"}, "experiment": {"restore_if_deleted": False}},
-        }
+        },
+        "mlflow.yml",
     )
     assert ignored_settings(customised) == [
         "server.mlflow_registry_uri",
