@@ -69,7 +69,7 @@ from kedro_vertex_hooks.retry import (
 from kedro_vertex_hooks.status import step_end_status, step_start_status, was_ended_early
 from kedro_vertex_hooks.tracking_client import Metric
 from kedro_vertex_hooks.worker_spec import SESSION_ENV, SessionSpec, in_worker_process
-from kedro_vertex_hooks.writer import RunWriter, Write
+from kedro_vertex_hooks.writer import START_LINGER_S, RunWriter, Write
 
 if TYPE_CHECKING:
     from kedro_vertex_hooks.tracking_client import TrackingClient
@@ -234,7 +234,14 @@ class TrackingSession:
         tags = {**run_tags, **prepared.tags, TAG_LATEST_NODE: node_name}
         startup_s = self._startup_s(started_at)
         points = self._points(node_name, lambda at: start_points(at, started_at, startup_s))
-        self.writer.submit(Write(params=prepared.params, tags=tags, metrics=points, status=status))
+        start = Write(
+            params=prepared.params,
+            tags=tags,
+            metrics=points,
+            status=status,
+            linger_s=START_LINGER_S,
+        )
+        self.writer.submit(start)
 
     def _startup_s(self, started_at: float) -> float | None:
         """Its process's start-up, for the first node a process starts (later nodes of the

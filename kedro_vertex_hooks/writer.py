@@ -50,6 +50,14 @@ _PARAM_RACE_SIGNS = (
 )
 T = TypeVar("T")
 LINGER_S = 0.02  # how long the background thread waits for more writes before sending
+# A node's start waits up to this long for its end, so that a short node's step sends one
+# request for both; a longer node's start is still in the run within a second.
+START_LINGER_S = 1.0
+
+
+def _deadline(item: Write | threading.Event | None) -> float:
+    """When the batch that ``item`` joins must be sent, at the latest."""
+    return time.monotonic() + (item.linger_s if isinstance(item, Write) else 0.0)
 
 
 class ParamConflictError(UserError):
@@ -65,6 +73,7 @@ class Write:
     metrics: list[Metric] = field(default_factory=list)
     status: str | None = None
     artifact: tuple[str, str | None] | None = None  # (local path, artifact folder)
+    linger_s: float = LINGER_S  # how long it may wait in the queue for the next write
 
     def is_empty(self) -> bool:
         return not (self.params or self.tags or self.metrics or self.status or self.artifact)
@@ -231,14 +240,15 @@ class RunWriter:
         while True:
             items = [self._queue.get()]
             # Let writes made in quick succession (a short node's start and end, or the end
-            # of one node and the start of the next) share this request; a flush or the stop
-            # sends at once.
-            deadline = time.monotonic() + LINGER_S
+            # of one node and the start of the next) share this request: each write waits at
+            # most its own linger; a flush or the stop sends at once.
+            deadline = _deadline(items[0])
             while isinstance(items[-1], Write):
                 try:
                     items.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
                 except queue.Empty:
                     break
+                deadline = min(deadline, _deadline(items[-1]))
             while True:
                 try:
                     items.append(self._queue.get_nowait())

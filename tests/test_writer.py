@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -16,7 +17,7 @@ from kedro_vertex_hooks.rest_client import RestTrackingClient
 from kedro_vertex_hooks.retry import TrackingUnreachableError
 from kedro_vertex_hooks.summary import collect_nodes
 from kedro_vertex_hooks.tracking_client import Metric
-from kedro_vertex_hooks.writer import ParamConflictError, RunWriter, Write
+from kedro_vertex_hooks.writer import START_LINGER_S, ParamConflictError, RunWriter, Write
 from tests.support.proxy import MlflowProxy
 
 LOG_BATCH = "POST /api/2.0/mlflow/runs/log-batch"
@@ -101,13 +102,31 @@ def test_queued_writes_go_in_few_requests(make_writer, client, proxy, run_id):
 
 
 def test_a_short_nodes_start_and_end_share_one_request(make_writer, client, proxy, run_id):
+    """A node of a few hundred ms (the join of a 1000-node pipeline) longer than the writer's
+    usual 20 ms linger: its start waits for its end, one request for both."""
     writer = make_writer(proxy, run_id)
-    writer.submit(Write(params={"alpha": "1"}, tags={STATUS: "running"}))
-    writer.submit(Write(tags={STATUS: "completed"}, metrics=[metric("duration", 0.001)]))
+    start = Write(params={"alpha": "1"}, tags={STATUS: "running"}, linger_s=START_LINGER_S)
+    writer.submit(start)
+    time.sleep(0.2)  # the node runs
+    writer.submit(Write(tags={STATUS: "completed"}, metrics=[metric("duration", 0.2)]))
     writer.close()
     assert log_batches(proxy) == 1
     data = client.get_run(run_id).data
     assert (data.params["alpha"], data.tags[STATUS]) == ("1", "completed")
+
+
+def test_a_long_nodes_start_reaches_the_run_while_it_runs(make_writer, client, proxy, run_id):
+    writer = make_writer(proxy, run_id)
+    writer.submit(Write(tags={STATUS: "running"}, linger_s=START_LINGER_S))
+    deadline = time.monotonic() + 30
+    while client.get_run(run_id).data.tags.get(STATUS) != "running":
+        assert time.monotonic() < deadline, "the start was not sent while its node ran"
+        time.sleep(0.1)
+    assert log_batches(proxy) == 1
+    writer.submit(Write(tags={STATUS: "completed"}))
+    writer.close()
+    assert log_batches(proxy) == 2
+    assert client.get_run(run_id).data.tags[STATUS] == "completed"
 
 
 def test_an_outage_is_waited_out_and_reported_as_late(make_writer, client, proxy, run_id, caplog):
