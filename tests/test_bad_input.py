@@ -76,6 +76,9 @@ plain:
 """
 
 
+WITH_PROVIDER = "server: {request_header_provider: {type: gcp-oauth}}"
+
+
 def make_project(tmp_path, **files: str) -> Project:
     conf = {"base/parameters.yml": PARAMETERS}
     conf.update({f"base/{name}.yml": text for name, text in files.items()})
@@ -162,7 +165,9 @@ def output_of(result) -> str:
 def test_broken_configuration_fails_before_any_node_naming_file_and_key(
     client, mlflow_server, tmp_path, file, text, expected
 ):
-    project = make_project(tmp_path, **{file: text})
+    # vertexai.yml is read for its request header provider params: with a provider only
+    files = {file: text} if file == "mlflow" else {file: text, "mlflow": WITH_PROVIDER}
+    project = make_project(tmp_path, **files)
     run_id = new_run(client, f"bad-config-{tmp_path.name}")
     env = env_for(mlflow_server, MLFLOW_RUN_ID=run_id)
     result = project.run(["run"], env)
