@@ -188,16 +188,18 @@ def summarise_size(size: dict) -> dict:
     steps = {}
     for kind in STEP_KINDS:
         tracked, untracked = of(kind, True), of(kind, False)
+        extra_wall = _paired(tracked, untracked, "wall_s")
+        extra_cpu = _paired(tracked, untracked, "cpu_s")
         steps[kind] = {
             "requests": max((p["requests"] for p in tracked), default=None),
             "bytes_read": max((p["bytes_read"] for p in tracked), default=None),
             "bytes_written": max((p["bytes_written"] for p in tracked), default=None),
             "wall_s": _round(_median([p["wall_s"] for p in tracked]), 3),
             "untracked_wall_s": _round(_median([p["wall_s"] for p in untracked]), 3),
-            "extra_wall_ms": _round(_ms(_median(_paired(tracked, untracked, "wall_s")))),
-            "extra_cpu_ms": _round(_ms(_median(_paired(tracked, untracked, "cpu_s")))),
-            "extra_wall_range_ms": _range_ms(_paired(tracked, untracked, "wall_s")),
-            "extra_cpu_range_ms": _range_ms(_paired(tracked, untracked, "cpu_s")),
+            "extra_wall_ms": _round(_ms(_median(extra_wall))),
+            "extra_cpu_ms": _round(_ms(_median(extra_cpu))),
+            "extra_wall_range_ms": _range_ms(extra_wall),
+            "extra_cpu_range_ms": _range_ms(extra_cpu),
             "repeats": len(tracked),
         }
     full, empty = of("finalize", True), of("finalize-empty", True)

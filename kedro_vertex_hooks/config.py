@@ -169,10 +169,6 @@ def as_plain(section: msgspec.Struct) -> dict[str, Any]:
     return msgspec.to_builtins(section)
 
 
-def with_changes(section: M, **changes: Any) -> M:
-    return msgspec.structs.replace(section, **changes)
-
-
 def parse_options(options: Mapping[str, Any]) -> HookOptions:
     """Validate ``MlflowRunHooks(**options)``; unknown or mistyped options raise ConfigError."""
     return parse_section(HookOptions, options, "MlflowRunHooks(...) in settings.py")
@@ -263,7 +259,7 @@ class ProjectConfig:
             extra = self.vertexai.run_config.mlflow.request_header_provider_params
         if not extra:
             return provider
-        return with_changes(provider, init_kwargs={**provider.init_kwargs, **extra})
+        return msgspec.structs.replace(provider, init_kwargs={**provider.init_kwargs, **extra})
 
 
 def ignored_settings(mlflow_yml: MlflowYml) -> list[str]:
