@@ -15,7 +15,6 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
@@ -239,8 +238,7 @@ def _load(context: Any, name: str, patterns: list[str]) -> tuple[dict[str, Any],
     return dict(raw), source
 
 
-@dataclass(frozen=True)
-class ProjectConfig:
+class ProjectConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Everything this package reads from a Kedro project, resolved once per process."""
 
     mlflow: MlflowYml

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from kedro.pipeline import Node, Pipeline
 
     from kedro_vertex_hooks.session import TrackingSession
+    from kedro_vertex_hooks.tracking_client import TrackingClient
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -146,7 +147,7 @@ class MlflowRunHooks:
         if in_kedro_vertexai_start_step():
             keep_start_step_run_running()
         if self._source.mode == "resume":
-            self._opening = _in_background(self._open_session)
+            self._opening = self._open_in_background()
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(
@@ -187,24 +188,49 @@ class MlflowRunHooks:
             self._source.describe(),
         )
 
-    def _open_session(self, pipeline_name: str = DEFAULT_PIPELINE) -> TrackingSession:
+    def _open_session(
+        self, pipeline_name: str = DEFAULT_PIPELINE, client: TrackingClient | None = None
+    ) -> TrackingSession:
         from kedro_vertex_hooks.session import TrackingSession
 
         assert self._config is not None and self._source is not None
         return TrackingSession.open(
-            self._config, self.options, self._source, self._context, pipeline_name
+            self._config, self.options, self._source, self._context, pipeline_name, client
         )
+
+    def _open_in_background(self) -> Future[TrackingSession]:
+        """Connect here, then read the run on a daemon thread.
+
+        Connecting is CPU work (imports, the auth provider); reading the run is mostly a wait
+        on the network. On the daemon thread the CPU work would take the GIL from Kedro's
+        thread in turns, hundreds of times, which costs the step more CPU than it does here.
+        A failure to connect is raised where the session is awaited, as the open's would be.
+        """
+        from concurrent.futures import Future
+
+        import kedro_vertex_hooks.session  # noqa: F401  (its imports are CPU work too)
+        from kedro_vertex_hooks.connection import connect
+
+        assert self._config is not None
+        try:
+            client = connect(self._config, self.options, self._context)
+        except Exception as exc:
+            failed: Future[TrackingSession] = Future()
+            failed.set_exception(exc)
+            return failed
+        return _in_background(lambda: self._open_session(client=client))
 
     def _here(self) -> TrackingSession | None:
         """This process's session: the parent's, or one rebuilt in a worker process."""
         if self._session is not None and self._session_pid == os.getpid():
             return self._session
-        from kedro_vertex_hooks.session import TrackingSession
         from kedro_vertex_hooks.worker_spec import SessionSpec
 
         spec = SessionSpec.from_env()
         if spec is None:
             return None
+        from kedro_vertex_hooks.session import TrackingSession
+
         self._session = TrackingSession.for_worker(spec, self.options)
         self._session_pid = os.getpid()
         return self._session

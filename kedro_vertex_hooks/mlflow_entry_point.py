@@ -25,7 +25,14 @@ class InertProvider:
         return {}
 
 
-def provider_for_mlflow() -> Any:
+def installed_provider_object() -> Any | None:
+    """The provider object installed in this process, if any, without importing the auth
+    package: a process that installed one has imported it already."""
     install = sys.modules.get(_INSTALL_MODULE)
     installed = install.installed_provider() if install is not None else None
-    return installed.provider if installed is not None else InertProvider()
+    return installed.provider if installed is not None else None
+
+
+def provider_for_mlflow() -> Any:
+    provider = installed_provider_object()
+    return provider if provider is not None else InertProvider()

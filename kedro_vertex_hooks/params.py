@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from kedro_vertex_hooks.config import ParamsConfig
 from kedro_vertex_hooks.errors import UserError
@@ -35,10 +36,9 @@ class LongParamError(UserError, ValueError):
     """A value over MLflow's limit while ``long_params_strategy: fail`` is configured."""
 
 
-@dataclass
-class PreparedParams:
-    params: dict[str, str] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
+class PreparedParams(msgspec.Struct):
+    params: dict[str, str] = msgspec.field(default_factory=dict)
+    tags: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 def prepare_params(

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from kedro_vertex_hooks.naming import (
     METRIC_NODE_COMPLETED,
@@ -82,8 +83,7 @@ def latest_by_step(points: Iterable[Metric]) -> dict[int, Metric]:
     return latest
 
 
-@dataclass(frozen=True)
-class Outcomes:
+class Outcomes(msgspec.Struct, frozen=True):
     """Which positions completed (their latest outcome) and whether anything ever failed."""
 
     completed: frozenset[int]

@@ -12,8 +12,9 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
+
+import msgspec
 
 from kedro_vertex_hooks.errors import UserError
 from kedro_vertex_hooks.naming import TAG_JOB_ID, TAG_JOB_NAME
@@ -40,8 +41,7 @@ class RunResolutionError(UserError):
     """The run cannot be used; the message names the run id and the tracking URI."""
 
 
-@dataclass(frozen=True)
-class RunSource:
+class RunSource(msgspec.Struct, frozen=True):
     """Where the run comes from, read from the environment before anything can change it."""
 
     mode: Mode
@@ -86,16 +86,15 @@ class RunSource:
         return "local mode: a new run for this kedro run"
 
 
-@dataclass
-class ResolvedRun:
+class ResolvedRun(msgspec.Struct):
     """The run, as read once at start: its id, status and, when read whole (a run found by
     job id or created), what it already holds."""
 
     run_id: str
     experiment_id: str
     status: str
-    tags: dict[str, str] = field(default_factory=dict)
-    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = msgspec.field(default_factory=dict)
+    params: dict[str, str] = msgspec.field(default_factory=dict)
     created_here: bool = False
 
     @classmethod

@@ -18,9 +18,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from kedro_vertex_hooks.config import HookOptions, ProjectConfig, as_plain
 from kedro_vertex_hooks.connection import connect
@@ -141,9 +142,11 @@ class TrackingSession:
         source: RunSource,
         kedro_context: Any = None,
         pipeline_name: str = DEFAULT_PIPELINE,
+        client: TrackingClient | None = None,
     ) -> TrackingSession:
-        """Resolve and check the run (retrying through a short outage) and connect to it."""
-        client = connect(config, options, kedro_context)
+        """Connect (unless given the ``client``), then resolve and check the run, retrying
+        through a short outage."""
+        client = client if client is not None else connect(config, options, kedro_context)
         what = f"Tracking URI {config.tracking_uri}"
         clock = OutageClock(options.outage_budget_s, options.overload_budget_s)
         created: list[str] = []  # kept across retries: a losing run is deleted on the next
@@ -201,7 +204,7 @@ class TrackingSession:
         """Tag the run with the pipeline and the job, with the first node's write; a run
         that something else ended early (a start step's fluent run) is RUNNING again."""
         nodes = list(dict.fromkeys(pipeline_nodes))
-        self.spec = replace(self.spec, pipeline_nodes=nodes)
+        self.spec = msgspec.structs.replace(self.spec, pipeline_nodes=nodes)
         with self._lock:
             self._positions = node_positions(nodes)
             self._pending_run_tags = self._missing_run_tags(pipeline_name)

@@ -11,12 +11,12 @@ entities have the same attributes.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import msgspec
 
-@dataclass(frozen=True)
-class RunInfo:
+
+class RunInfo(msgspec.Struct, frozen=True):
     run_id: str
     experiment_id: str
     status: str
@@ -25,15 +25,13 @@ class RunInfo:
     start_time: int | None = None
 
 
-@dataclass(frozen=True)
-class RunData:
-    params: dict[str, str] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
+class RunData(msgspec.Struct, frozen=True):
+    params: dict[str, str] = msgspec.field(default_factory=dict)
+    tags: dict[str, str] = msgspec.field(default_factory=dict)
+    metrics: dict[str, float] = msgspec.field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Run:
+class Run(msgspec.Struct, frozen=True):
     info: RunInfo
     data: RunData
 
@@ -58,8 +56,7 @@ class Run:
         )
 
 
-@dataclass(frozen=True)
-class Metric:
+class Metric(msgspec.Struct, frozen=True):
     """One metric point, with the attributes of ``mlflow.entities.Metric``."""
 
     key: str
@@ -77,8 +74,7 @@ class Metric:
         )
 
 
-@dataclass(frozen=True)
-class Experiment:
+class Experiment(msgspec.Struct, frozen=True):
     experiment_id: str
     lifecycle_stage: str
 

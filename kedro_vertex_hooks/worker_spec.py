@@ -8,18 +8,17 @@ session from it (``hooks.py``, or ``workers.py`` when the worker has no project 
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import msgspec
 
 from kedro_vertex_hooks.config import ParamsConfig, RequestHeaderProviderConfig, parse_section
 
 SESSION_ENV = "KEDRO_VERTEX_HOOKS_SESSION"
 
 
-@dataclass(frozen=True)
-class SessionSpec:
+class SessionSpec(msgspec.Struct, frozen=True):
     """What a worker process needs to log into the same run, as JSON in ``SESSION_ENV``."""
 
     tracking_uri: str
@@ -27,7 +26,7 @@ class SessionSpec:
     params_config: dict[str, Any]
     header_provider_config: dict[str, Any]
     hook_options: dict[str, Any]
-    pipeline_nodes: list[str] = field(default_factory=list)  # their order gives positions
+    pipeline_nodes: list[str] = msgspec.field(default_factory=list)  # their order gives positions
 
     @property
     def header_provider(self) -> RequestHeaderProviderConfig:
@@ -38,12 +37,12 @@ class SessionSpec:
         return parse_section(ParamsConfig, self.params_config, SESSION_ENV)
 
     def to_env(self) -> str:
-        return json.dumps(asdict(self))
+        return msgspec.json.encode(self).decode()
 
     @classmethod
     def from_env(cls) -> SessionSpec | None:
         raw = os.environ.get(SESSION_ENV)
-        return cls(**json.loads(raw)) if raw else None
+        return msgspec.json.decode(raw, type=cls) if raw else None
 
 
 def in_worker_process() -> bool:

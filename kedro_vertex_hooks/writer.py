@@ -15,8 +15,9 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, TypeVar
+
+import msgspec
 
 from kedro_vertex_hooks.errors import UserError
 from kedro_vertex_hooks.naming import (
@@ -64,13 +65,12 @@ class ParamConflictError(UserError):
     """A parameter already logged in the run with another value (``on_param_conflict="fail"``)."""
 
 
-@dataclass
-class Write:
+class Write(msgspec.Struct):
     """One unit of work for the run: data to log, then optionally a status or an artifact."""
 
-    params: dict[str, str] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-    metrics: list[Metric] = field(default_factory=list)
+    params: dict[str, str] = msgspec.field(default_factory=dict)
+    tags: dict[str, str] = msgspec.field(default_factory=dict)
+    metrics: list[Metric] = msgspec.field(default_factory=list)
     status: str | None = None
     artifact: tuple[str, str | None] | None = None  # (local path, artifact folder)
     linger_s: float = LINGER_S  # how long it may wait in the queue for the next write
@@ -97,15 +97,14 @@ class Write:
         self.metrics.extend(other.metrics)
 
 
-@dataclass
-class DeliveryReport:
+class DeliveryReport(msgspec.Struct):
     """What one step wrote, counted in values (params, tags, metrics, statuses, artifacts)."""
 
     delivered: int = 0
     delivered_late: int = 0
     given_up: int = 0
-    undelivered: list[str] = field(default_factory=list)  # names of what was given up
-    conflicts: list[str] = field(default_factory=list)
+    undelivered: list[str] = msgspec.field(default_factory=list)  # names of what was given up
+    conflicts: list[str] = msgspec.field(default_factory=list)
     last_error: str | None = None
 
     def give_up(self, names: list[str], error: str | None) -> None:

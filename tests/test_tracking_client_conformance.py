@@ -156,3 +156,25 @@ def test_what_only_mlflows_client_does_is_routed_to_it(monkeypatch, tmp_path):
     (tmp_path / ".mlflow").mkdir()
     (tmp_path / ".mlflow" / "credentials").write_text("[mlflow]\nmlflow_tracking_username=a\n")
     assert rest_client_unsuitable(uri) == "~/.mlflow/credentials exists"
+
+
+def test_another_packages_mlflow_header_provider_routes_steps_to_mlflows_client(
+    monkeypatch, tmp_path
+):
+    """Its headers come from MLflow's registry, which only MlflowClient consults."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("MLFLOW_TRACKING_AUTH", "MLFLOW_WORKSPACE", "MLFLOW_TRACKING_AWS_SIGV4"):
+        monkeypatch.delenv(name, raising=False)
+    uri = "https://mlflow.example.com"
+    assert rest_client_unsuitable(uri) is None
+    dist_info = tmp_path / "site" / "corp_mlflow_auth-1.0.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: corp-mlflow-auth\n")
+    (dist_info / "entry_points.txt").write_text(
+        "[console_scripts]\ncorp = corp_auth:main\n\n"
+        "[mlflow.request_header_provider]\ncorp-iap = corp_auth:IapHeaders\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert rest_client_unsuitable(uri) == (
+        "other MLflow request header providers are installed (corp-iap)"
+    )
