@@ -14,9 +14,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from kedro.framework.hooks import hook_impl
 
@@ -44,7 +43,6 @@ if TYPE_CHECKING:
     from kedro_vertex_hooks.tracking_client import TrackingClient
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 _passive = False
 
@@ -92,22 +90,6 @@ def downstream_node_names(pipeline_name: str, step_nodes: Iterable[str]) -> list
         if ours:
             found.extend(n.name for n in pipeline.from_nodes(*ours).nodes if n.name not in step)
     return found
-
-
-def _in_background(action: Callable[[], T]) -> Future[T]:
-    """Run ``action`` on a daemon thread; its result or exception in the future."""
-    from concurrent.futures import Future
-
-    future: Future[T] = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(action())
-        except BaseException as exc:  # handed to the thread that waits for the result
-            future.set_exception(exc)
-
-    threading.Thread(target=run, name="kedro-vertex-hooks-open", daemon=True).start()
-    return future
 
 
 class MlflowRunHooks:
@@ -179,6 +161,8 @@ class MlflowRunHooks:
             logger.warning("%s Running this step UNTRACKED: nothing of it reaches MLflow.", exc)
             return
         self._session.begin_pipeline(name, self._pipeline_nodes)
+        if not self._downstream_nodes:
+            self._session.read_outcomes_ahead()
         self._session_pid = os.getpid()
         self._restore_env = self._session.export_to_children()
         logger.info(
@@ -210,6 +194,7 @@ class MlflowRunHooks:
 
         import kedro_vertex_hooks.session  # noqa: F401  (its imports are CPU work too)
         from kedro_vertex_hooks.connection import connect
+        from kedro_vertex_hooks.writer import in_background
 
         assert self._config is not None
         try:
@@ -218,7 +203,7 @@ class MlflowRunHooks:
             failed: Future[TrackingSession] = Future()
             failed.set_exception(exc)
             return failed
-        return _in_background(lambda: self._open_session(client=client))
+        return in_background(lambda: self._open_session(client=client), "open")
 
     def _here(self) -> TrackingSession | None:
         """This process's session: the parent's, or one rebuilt in a worker process."""

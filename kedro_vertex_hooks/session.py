@@ -29,6 +29,7 @@ from kedro_vertex_hooks.datasets import artifact_destinations, metric_values
 from kedro_vertex_hooks.errors import UserError
 from kedro_vertex_hooks.naming import (
     DEFAULT_PIPELINE,
+    ENV_RUN_ID,
     METRIC_NODE_COMPLETED,
     RUN_FAILED,
     RUN_FINISHED,
@@ -45,6 +46,7 @@ from kedro_vertex_hooks.naming import (
 )
 from kedro_vertex_hooks.params import prepare_params
 from kedro_vertex_hooks.records import (
+    Outcomes,
     end_points,
     node_positions,
     now_ms,
@@ -52,7 +54,6 @@ from kedro_vertex_hooks.records import (
     start_points,
 )
 from kedro_vertex_hooks.resolve import (
-    ENV_RUN_ID,
     ResolvedRun,
     RunSource,
     job_tags,
@@ -73,6 +74,8 @@ from kedro_vertex_hooks.worker_spec import SESSION_ENV, SessionSpec, in_worker_p
 from kedro_vertex_hooks.writer import START_LINGER_S, RunWriter, Write
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from kedro_vertex_hooks.tracking_client import TrackingClient
 
 logger = logging.getLogger(__name__)
@@ -121,6 +124,8 @@ class TrackingSession:
         self._failure_recorded = False
         self._first_node_started = False
         self._saving: dict[str, tuple[set[str], Write]] = {}  # node -> outputs not yet saved
+        self._completed_here: set[int] = set()  # positions of the nodes this process completed
+        self._outcomes_ahead: Future[Outcomes | None] | None = None
         self._in_worker = in_worker_process()
         self.writer = RunWriter(
             client,
@@ -269,7 +274,7 @@ class TrackingSession:
         write = self._node_end(node_name, completed=True)
         pending = set(outputs)
         if not pending:
-            self._submit_node_end(write)
+            self._submit_node_end(node_name, write)
             return
         with self._lock:
             self._saving[node_name] = (pending, write)
@@ -283,11 +288,15 @@ class TrackingSession:
             if entry[0]:
                 return
             del self._saving[node_name]
-        self._submit_node_end(entry[1])
+        self._submit_node_end(node_name, entry[1])
 
-    def _submit_node_end(self, write: Write) -> None:
+    def _submit_node_end(self, node_name: str, write: Write) -> None:
         """A worker process (ParallelRunner) writes synchronously and has no step end of its
         own: what it could not deliver fails its node there, or it would be lost unsaid."""
+        position = self._positions.get(node_name)
+        if position is not None:
+            with self._lock:
+                self._completed_here.add(position)
         self.writer.submit(write)
         if self._in_worker:
             self.raise_if_undelivered()
@@ -343,25 +352,55 @@ class TrackingSession:
         with self._lock:
             return [*self._started, *self._saving]
 
+    def read_outcomes_ahead(self) -> None:
+        """A step that may finish the pipeline reads the nodes' outcomes while its nodes run:
+        when they already decide the status, it is set without reading them again at the end
+        (see :meth:`finish_step`)."""
+        if self.source.mode != "local":
+            self._outcomes_ahead = self.writer.read_outcomes_ahead()
+
     def finish_step(self, *, may_finish_pipeline: bool) -> str:
         """After the last node of this step: set the status the whole run now deserves.
 
         Only a step with no node downstream of it may finish the pipeline (the orchestrator
-        starts such nodes only after this step): it reads the nodes' outcomes, after its own
-        writes, and sets FAILED or FINISHED. Every other step ends with its writes.
+        starts such nodes only after this step): after its own writes it sets FAILED or
+        FINISHED from the nodes' outcomes. Every other step ends with its writes.
         """
         self.writer.flush()
         target: str | None = None
         if self.source.mode == "local":
             target = RUN_FINISHED
         elif may_finish_pipeline:
-            outcomes = self.writer.read_outcomes()
-            target = step_end_status(outcomes, len(self._positions)) if outcomes else None
+            target = self._status_decided_ahead()
+            if target is None:
+                outcomes = self.writer.read_outcomes()
+                target = step_end_status(outcomes, len(self._positions)) if outcomes else None
         if target:
             self.writer.submit(Write(status=target), wait=True)
         self.close()
         self.raise_if_undelivered()
         return target or RUN_RUNNING
+
+    def _status_decided_ahead(self) -> str | None:
+        """FINISHED or FAILED from the outcomes read while this step's nodes ran, merged with
+        the nodes it completed and delivered; None when they do not decide it.
+
+        When every other node had completed, no other step can still be running, so the
+        status is as true as if the outcomes were read after this step's writes. Otherwise
+        (another leaf may be finishing at this moment) only reading after the writes is safe:
+        of two steps that end together, at least one then sees both. A step whose writes
+        were given up, or whose nodes ran in worker processes, reads the outcomes again too.
+        """
+        ahead, self._outcomes_ahead = self._outcomes_ahead, None
+        if ahead is None or self.writer.report.given_up:
+            return None
+        outcomes = ahead.result()
+        if outcomes is None:
+            return None
+        with self._lock:
+            completed = outcomes.completed | self._completed_here
+        merged = Outcomes(frozenset(completed), outcomes.any_failed)
+        return step_end_status(merged, len(self._positions))
 
     def fail_step(self, error: BaseException) -> None:
         """The step failed: nodes still in flight failed with it, and the run is FAILED.

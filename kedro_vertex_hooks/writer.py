@@ -37,6 +37,8 @@ from kedro_vertex_hooks.retry import (
 )
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from kedro_vertex_hooks.tracking_client import Metric, TrackingClient
 
 logger = logging.getLogger(__name__)
@@ -59,6 +61,22 @@ START_LINGER_S = 1.0
 def _deadline(item: Write | threading.Event | None) -> float:
     """When the batch that ``item`` joins must be sent, at the latest."""
     return time.monotonic() + (item.linger_s if isinstance(item, Write) else 0.0)
+
+
+def in_background(action: Callable[[], T], name: str) -> Future[T]:
+    """Run ``action`` on a daemon thread; its result or exception in the future."""
+    from concurrent.futures import Future
+
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(action())
+        except BaseException as exc:  # handed to the thread that waits for the result
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=f"kedro-vertex-hooks-{name}", daemon=True).start()
+    return future
 
 
 class ParamConflictError(UserError):
@@ -191,6 +209,10 @@ class RunWriter:
         a write; None (with a warning) when they cannot be read; in strict mode the error is
         raised."""
         return self._read(lambda: read_outcomes(self._client, self.run_id), "node outcomes")
+
+    def read_outcomes_ahead(self) -> Future[Outcomes | None]:
+        """:meth:`read_outcomes` on a daemon thread, while the caller goes on."""
+        return in_background(self.read_outcomes, "outcomes")
 
     def _read(self, action: Callable[[], T], what: str) -> T | None:
         where = f"MLflow run {self.run_id}"

@@ -406,6 +406,41 @@ def test_only_a_step_that_may_finish_the_pipeline_reads_and_none_reads_the_whole
     assert node_statuses(client, run_id) == dict.fromkeys(SAMPLE_NODES, "completed")
 
 
+def test_a_last_step_reads_outcomes_while_its_node_runs_and_after_its_write_only_if_needed(
+    client, mlflow_server, project
+):
+    """The step with no node downstream reads the outcomes while its nodes run. When every
+    other node had completed, its end sends its record and then the status, without a read
+    in between; otherwise it reads again after its record, as two leaves ending together
+    must (at least one of them then sees both)."""
+    assert_ok(project.run_nodes(SAMPLE_NODES, base_env(MLFLOW_TRACKING_URI=mlflow_server.uri)))
+    run_id = new_run(client, "read-ahead")  # the data on disk is the run above's
+    last = SAMPLE_NODES[-1:]
+
+    def tracking_requests(proxy: MlflowProxy, nodes) -> list[str]:
+        proxy.reset_stats()
+        assert_ok(project.run_nodes(nodes, env))
+        proxy.wait_idle()
+        records = sorted(proxy.stats().records, key=lambda record: record.started)
+        wanted = (GET_HISTORY, LOG_BATCH, UPDATE_RUN)
+        return [record.endpoint for record in records if record.endpoint in wanted]
+
+    with MlflowProxy(mlflow_server.uri, latency_s=0) as proxy:
+        env = base_env(MLFLOW_TRACKING_URI=proxy.uri, MLFLOW_RUN_ID=run_id)
+        alone = tracking_requests(proxy, last)  # the other nodes have no record in this run
+        status_alone = client.get_run(run_id).info.status
+        tracking_requests(proxy, SAMPLE_NODES[:-1])
+        after_the_rest = tracking_requests(proxy, last)
+
+    assert status_alone == "RUNNING"
+    assert alone.count(GET_HISTORY) == 2 and alone[-1] == GET_HISTORY
+    assert alone.index(GET_HISTORY) < alone.index(LOG_BATCH)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert after_the_rest.count(GET_HISTORY) == 1
+    assert after_the_rest[-2:] == [LOG_BATCH, UPDATE_RUN]
+    assert node_statuses(client, run_id) == dict.fromkeys(SAMPLE_NODES, "completed")
+
+
 def test_a_write_that_came_late_is_recorded_without_reading_the_run(client, mlflow_server, project):
     """A retried write may land twice: the record is append-only, so a late copy adds a
     point and overwrites nothing; the step needs no read to repair it."""
