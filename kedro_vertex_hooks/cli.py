@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from kedro_vertex_hooks.resolve import ENV_JOB_ID, ENV_JOB_NAME, ENV_RUN_ID, RunSource
+from kedro_vertex_hooks.naming import ENV_JOB_ID, ENV_JOB_NAME, ENV_RUN_ID
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -147,6 +147,7 @@ def start_run_command(
     Only the run id goes to stdout; the run stays RUNNING.
     """
     from kedro_vertex_hooks.lifecycle import start_run
+    from kedro_vertex_hooks.resolve import RunSource
 
     source = RunSource.from_env()
     job_id = job_id or source.job_id
@@ -206,6 +207,7 @@ def finalize_command(
     """Close the run: terminal status, lost nodes, summary and timeline. Safe to run twice."""
     from kedro_vertex_hooks.hooks import pipeline_node_names
     from kedro_vertex_hooks.lifecycle import finalize, find_run_id
+    from kedro_vertex_hooks.resolve import RunSource
     from kedro_vertex_hooks.summary import run_page_url
 
     source = RunSource.from_env()
@@ -253,6 +255,7 @@ def finalize_command(
 def doctor_command(metadata: Any, env: str | None, conf_source: str | None) -> None:
     """Show where runs go, the auth header (redacted) and whether the server accepts a call."""
     from kedro_vertex_hooks.auth import explain_refusal, installed_provider
+    from kedro_vertex_hooks.resolve import RunSource
 
     with (
         _one_line_errors("doctor"),

@@ -23,6 +23,10 @@ TAG_LATEST_NODE = "kedro.latest_node"
 TAG_FAILED_NODE = "kedro.failed_node"
 TAG_ERROR = "kedro.error"
 TAG_PIPELINE = "kedro.pipeline"
+# Where a step learns its run: the run id, else the orchestrator's job id and name.
+ENV_RUN_ID = "MLFLOW_RUN_ID"
+ENV_JOB_ID = "KEDRO_CONFIG_RUN_ID"
+ENV_JOB_NAME = "KEDRO_CONFIG_JOB_NAME"
 DEFAULT_PIPELINE = "__default__"  # Kedro's name for the pipeline `kedro run` runs
 TAG_NODE_HOST = "kedro.node_host"
 TAG_NODE_ERROR = "kedro.node_error"

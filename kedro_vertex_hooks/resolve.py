@@ -17,14 +17,11 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 from kedro_vertex_hooks.errors import UserError
-from kedro_vertex_hooks.naming import TAG_JOB_ID, TAG_JOB_NAME
+from kedro_vertex_hooks.naming import ENV_JOB_ID, ENV_JOB_NAME, ENV_RUN_ID, TAG_JOB_ID, TAG_JOB_NAME
 
 if TYPE_CHECKING:
     from kedro_vertex_hooks.tracking_client import Run, TrackingClient
 
-ENV_RUN_ID = "MLFLOW_RUN_ID"
-ENV_JOB_ID = "KEDRO_CONFIG_RUN_ID"
-ENV_JOB_NAME = "KEDRO_CONFIG_JOB_NAME"
 # (run id variable, job name variable) that orchestrators set in every task's environment,
 # in the order they are tried after KEDRO_CONFIG_RUN_ID. Airflow 3 exports the task context
 # into the environment of every task it runs, stock kedro-airflow DAGs included. Its run ids

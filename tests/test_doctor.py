@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -58,3 +60,18 @@ def test_doctor_names_an_unreachable_server(project, tmp_path):
     assert "the tracking server cannot be reached" in err
     assert "http://127.0.0.1:9" in err
     assert "Traceback" not in err
+
+
+def test_loading_the_cli_plugin_imports_none_of_the_tracking_machinery():
+    """Kedro loads the ``vertex-hooks`` commands for every command of every project in the
+    image, tracked or not: that must cost no more than the command definitions."""
+    probe = (
+        "import sys, kedro_vertex_hooks.cli, kedro_vertex_hooks.workers\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('kedro_vertex_hooks.', 'msgspec'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert loaded.strip() == (
+        "['kedro_vertex_hooks.cli', 'kedro_vertex_hooks.naming', 'kedro_vertex_hooks.workers']"
+    )
