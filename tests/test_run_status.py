@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from kedro.pipeline import node, pipeline
 
+from kedro_vertex_hooks.hooks import has_node_downstream
 from kedro_vertex_hooks.naming import METRIC_NODE_COMPLETED
 from kedro_vertex_hooks.records import Outcomes
 from kedro_vertex_hooks.resolve import RunSource, job_run_name
@@ -106,3 +108,43 @@ def test_a_jobs_run_is_named_with_its_distinguishing_part_first():
     assert job_run_name("8123", kfp_local) == "2026-12-03 08:00:15 · sample-project"
     assert job_run_name("8123", "train-v2") == "train-v2"
     assert job_run_name("8123", None) is None
+
+
+def _identity(*values):
+    return values[0] if values else None
+
+
+# prepare -> a -> b -> join, prepare -> c -> join; "report" reads "a_out" through another
+# transcoding of it; "side" depends on nothing.
+PIPELINE = pipeline(
+    [
+        node(_identity, "params:seed", "raw", name="prepare"),
+        node(_identity, "raw", "a_out@pandas", name="a"),
+        node(_identity, "a_out@pandas", "b_out", name="b"),
+        node(_identity, "raw", "c_out", name="c"),
+        node(_identity, ["b_out", "c_out"], "joined", name="join"),
+        node(_identity, "a_out@spark", "report", name="report"),
+        node(_identity, "params:seed", "side_out", name="side"),
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("step", "downstream"),
+    [
+        (["prepare"], True),
+        (["b"], True),  # join
+        (["a", "b"], True),  # report reads a's output under another transcoding
+        (["a", "b", "report"], True),  # join, through b
+        (["join"], False),
+        (["report"], False),
+        (["side"], False),
+        (["c", "join"], False),
+        ([node.name for node in PIPELINE.nodes], False),
+    ],
+)
+def test_a_step_may_finish_the_pipeline_only_with_no_node_downstream(step, downstream):
+    assert has_node_downstream([PIPELINE], step) is downstream
+    # the same answer as Kedro's own graph walk
+    outside = [n.name for n in PIPELINE.from_nodes(*step).nodes if n.name not in step]
+    assert bool(outside) is downstream
