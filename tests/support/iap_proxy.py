@@ -13,6 +13,7 @@ import http.client
 import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
@@ -59,6 +60,7 @@ class IapProxy:
         self.accepted = 0
         self.rejections: list[Rejection] = []
         self.tokens_seen: set[str] = set()  # distinct accepted tokens: shows refreshes happened
+        self.accepted_calls: Counter[tuple[str, str]] = Counter()  # (client, path) -> count
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -71,6 +73,7 @@ class IapProxy:
             self.accepted = 0
             self.rejections = []
             self.tokens_seen = set()
+            self.accepted_calls = Counter()
 
     def start(self) -> IapProxy:
         proxy = self
@@ -120,11 +123,14 @@ class IapProxy:
             return None, "no email claim (IAP needs includeEmail)"
         return token, None
 
-    def _record(self, method: str, path: str, token: str | None, reason: str | None) -> None:
+    def _record(
+        self, method: str, path: str, token: str | None, reason: str | None, client: str = ""
+    ) -> None:
         with self._lock:
             if token is not None:
                 self.accepted += 1
                 self.tokens_seen.add(token)
+                self.accepted_calls[(client, path.split("?")[0])] += 1
             else:
                 self.rejections.append(Rejection(method, path, reason or "?"))
 
@@ -146,7 +152,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             *(self.headers.get_all("Proxy-Authorization") or []),
         ]
         token, reason = self.gate.check(credentials)
-        self.gate._record(self.command, self.path, token, reason)
+        client = self.headers.get("User-Agent", "").split("/")[0]  # e.g. mlflow-python-client
+        self.gate._record(self.command, self.path, token, reason, client)
         if token is None:
             self._refuse()
         else:
