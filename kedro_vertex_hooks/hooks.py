@@ -101,6 +101,23 @@ def has_node_downstream(pipelines: Iterable[Pipeline], step_nodes: Iterable[str]
     return False
 
 
+def holds_every_leaf(pipelines: Iterable[Pipeline], step_nodes: Iterable[str]) -> bool:
+    """Whether every node of the pipeline that nothing depends on runs in this step.
+
+    Such a step runs after every other node (an orchestrator starts a node after the nodes
+    it depends on), so the outcomes it reads while its nodes run already decide the run's
+    status. With a leaf outside it, another step may be finishing at the same moment.
+    """
+    step = set(step_nodes)
+    for pipeline in pipelines:
+        consumed = {_untranscoded(dataset) for node in pipeline.nodes for dataset in node.inputs}
+        for node in pipeline.nodes:
+            is_leaf = not any(_untranscoded(dataset) in consumed for dataset in node.outputs)
+            if is_leaf and node.name not in step:
+                return False
+    return True
+
+
 def _untranscoded(dataset_name: str) -> str:
     """``data@pandas`` and ``data@spark`` are one dataset to Kedro's dependency graph."""
     return dataset_name.split("@", 1)[0]
@@ -166,7 +183,8 @@ class MlflowRunHooks:
             return
         self._pipeline_nodes = pipeline_node_names(name) or [n.name for n in pipeline.nodes]
         step_nodes = [n.name for n in pipeline.nodes]
-        self._may_finish_pipeline = not has_node_downstream(_registered_pipelines(name), step_nodes)
+        registered = _registered_pipelines(name)
+        self._may_finish_pipeline = not has_node_downstream(registered, step_nodes)
         opening, self._opening = self._opening, None
         try:
             self._session = opening.result() if opening else self._open_session(name)
@@ -176,7 +194,7 @@ class MlflowRunHooks:
             logger.warning("%s Running this step UNTRACKED: nothing of it reaches MLflow.", exc)
             return
         self._session.begin_pipeline(name, self._pipeline_nodes)
-        if self._may_finish_pipeline:
+        if self._may_finish_pipeline and holds_every_leaf(registered, step_nodes):
             self._session.read_outcomes_ahead()
         self._session_pid = os.getpid()
         self._restore_env = self._session.export_to_children()

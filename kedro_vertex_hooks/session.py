@@ -353,9 +353,10 @@ class TrackingSession:
             return [*self._started, *self._saving]
 
     def read_outcomes_ahead(self) -> None:
-        """A step that may finish the pipeline reads the nodes' outcomes while its nodes run:
-        when they already decide the status, it is set without reading them again at the end
-        (see :meth:`finish_step`)."""
+        """Read the nodes' outcomes while this step's nodes run (the hooks ask this of a step
+        holding every leaf of the pipeline, which runs after every other node): when they
+        decide the status, it is set without reading them again at the end (see
+        :meth:`finish_step`). Steps with another leaf outside them would mostly read twice."""
         if self.source.mode != "local":
             self._outcomes_ahead = self.writer.read_outcomes_ahead()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from kedro.pipeline import node, pipeline
 
-from kedro_vertex_hooks.hooks import has_node_downstream
+from kedro_vertex_hooks.hooks import has_node_downstream, holds_every_leaf
 from kedro_vertex_hooks.naming import METRIC_NODE_COMPLETED
 from kedro_vertex_hooks.records import Outcomes
 from kedro_vertex_hooks.resolve import RunSource, job_run_name
@@ -148,3 +148,19 @@ def test_a_step_may_finish_the_pipeline_only_with_no_node_downstream(step, downs
     # the same answer as Kedro's own graph walk
     outside = [n.name for n in PIPELINE.from_nodes(*step).nodes if n.name not in step]
     assert bool(outside) is downstream
+
+
+@pytest.mark.parametrize(
+    ("step", "every_leaf"),
+    [
+        (["join"], False),  # report and side are leaves too: their steps may end with it
+        (["join", "report", "side"], True),
+        (["c", "join", "report", "side"], True),
+        (["prepare"], False),
+    ],
+)
+def test_only_a_step_holding_every_leaf_runs_after_every_other_node(step, every_leaf):
+    assert holds_every_leaf([PIPELINE], step) is every_leaf
+    # the same answer as Kedro's own graph walk: a leaf is a node nothing depends on
+    leaves = {n.name for n in PIPELINE.nodes if len(PIPELINE.from_nodes(n.name).nodes) == 1}
+    assert (leaves <= set(step)) is every_leaf
