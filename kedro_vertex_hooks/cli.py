@@ -205,8 +205,8 @@ def finalize_command(
     outage_budget: float | None,
 ) -> None:
     """Close the run: terminal status, lost nodes, summary and timeline. Safe to run twice."""
-    from kedro_vertex_hooks.hooks import pipeline_node_names
     from kedro_vertex_hooks.lifecycle import finalize, find_run_id
+    from kedro_vertex_hooks.pipeline_shape import pipeline_node_names
     from kedro_vertex_hooks.resolve import RunSource
     from kedro_vertex_hooks.summary import run_page_url
 

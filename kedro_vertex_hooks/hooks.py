@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from kedro.framework.hooks import hook_impl
@@ -30,6 +30,12 @@ from kedro_vertex_hooks.kedro_vertexai_compat import (
     switch_off_kedro_vertexai_tags_hook,
 )
 from kedro_vertex_hooks.naming import DEFAULT_PIPELINE
+from kedro_vertex_hooks.pipeline_shape import (
+    has_node_downstream,
+    holds_every_leaf,
+    pipeline_node_names,
+    registered_pipelines,
+)
 from kedro_vertex_hooks.resolve import RunSource
 
 if TYPE_CHECKING:
@@ -61,66 +67,6 @@ def passive() -> Iterator[None]:
 def _pipeline_name(run_params: dict[str, Any]) -> str:
     names = run_params.get("pipeline_names") or run_params.get("pipeline_name") or DEFAULT_PIPELINE
     return names if isinstance(names, str) else "+".join(names)
-
-
-def _registered_pipelines(pipeline_name: str) -> list[Pipeline]:
-    """The registered pipelines ``pipeline_name`` joins with ``+``; empty when the project
-    does not register one of them."""
-    from kedro.framework.project import pipelines
-
-    found = [pipelines.get(name) for name in pipeline_name.split("+")]
-    return [] if any(pipeline is None for pipeline in found) else found
-
-
-def pipeline_node_names(pipeline_name: str) -> list[str]:
-    """Node names of the whole pipeline a step belongs to (not its ``--nodes`` subset)."""
-    return [node.name for p in _registered_pipelines(pipeline_name) for node in p.nodes]
-
-
-def has_node_downstream(pipelines: Iterable[Pipeline], step_nodes: Iterable[str]) -> bool:
-    """Whether a node outside this step depends, directly or not, on one of its nodes.
-
-    An orchestrator starts such a node only after this step, so the pipeline cannot be
-    complete at this step's end. A node depending on the step at all depends on it directly
-    or through another node outside it, so one pass over the direct consumers of the step's
-    outputs answers (Kedro's ``Pipeline.from_nodes`` builds pipelines: ~O(N) ms at N nodes).
-    """
-    step = set(step_nodes)
-    for pipeline in pipelines:
-        produced = {
-            _untranscoded(dataset)
-            for node in pipeline.nodes
-            if node.name in step
-            for dataset in node.outputs
-        }
-        for node in pipeline.nodes:
-            if node.name not in step and any(
-                _untranscoded(dataset) in produced for dataset in node.inputs
-            ):
-                return True
-    return False
-
-
-def holds_every_leaf(pipelines: Iterable[Pipeline], step_nodes: Iterable[str]) -> bool:
-    """Whether every node of the pipeline that nothing depends on runs in this step.
-
-    Such a step runs after every other node (an orchestrator starts a node after the nodes
-    it depends on), so the outcomes it reads while its nodes run already decide the run's
-    status. With a leaf outside it, another step may be finishing at the same moment.
-    """
-    step = set(step_nodes)
-    for pipeline in pipelines:
-        consumed = {_untranscoded(dataset) for node in pipeline.nodes for dataset in node.inputs}
-        for node in pipeline.nodes:
-            is_leaf = not any(_untranscoded(dataset) in consumed for dataset in node.outputs)
-            if is_leaf and node.name not in step:
-                return False
-    return True
-
-
-def _untranscoded(dataset_name: str) -> str:
-    """``data@pandas`` and ``data@spark`` are one dataset to Kedro's dependency graph."""
-    return dataset_name.split("@", 1)[0]
 
 
 class MlflowRunHooks:
@@ -181,9 +127,9 @@ class MlflowRunHooks:
                 name,
             )
             return
-        self._pipeline_nodes = pipeline_node_names(name) or [n.name for n in pipeline.nodes]
         step_nodes = [n.name for n in pipeline.nodes]
-        registered = _registered_pipelines(name)
+        self._pipeline_nodes = pipeline_node_names(name) or step_nodes
+        registered = registered_pipelines(name)
         self._may_finish_pipeline = not has_node_downstream(registered, step_nodes)
         opening, self._opening = self._opening, None
         try:

@@ -14,8 +14,12 @@ Pure functions over plain data, plus :func:`read_history`, the one read of them.
 
 from __future__ import annotations
 
+import os
+import resource
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -47,6 +51,23 @@ def outside_position(positions: Mapping[str, int]) -> int:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def process_started_at() -> float | None:
+    """When this process started (Unix time), from Linux's /proc; None elsewhere."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22: start, clock ticks
+        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (uptime_s - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux reports KiB)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 def start_points(position: int, started_at_s: float, startup_s: float | None) -> list[Metric]:
@@ -94,6 +115,10 @@ class Outcomes(msgspec.Struct, frozen=True):
         points = list(points)
         completed = {s for s, p in latest_by_step(points).items() if p.value >= 1}
         return cls(frozenset(completed), any(point.value < 1 for point in points))
+
+    def with_completed(self, positions: Iterable[int]) -> Outcomes:
+        """These outcomes and the nodes at ``positions``, known completed (a step's own)."""
+        return Outcomes(self.completed | frozenset(positions), self.any_failed)
 
     def every_node_completed(self, node_count: int) -> bool:
         return all(position in self.completed for position in range(node_count))

@@ -17,9 +17,25 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 from kedro_vertex_hooks.errors import UserError
-from kedro_vertex_hooks.naming import ENV_JOB_ID, ENV_JOB_NAME, ENV_RUN_ID, TAG_JOB_ID, TAG_JOB_NAME
+from kedro_vertex_hooks.naming import (
+    ENV_JOB_ID,
+    ENV_JOB_NAME,
+    ENV_RUN_ID,
+    TAG_JOB_ID,
+    TAG_JOB_NAME,
+    TAG_PIPELINE,
+)
+from kedro_vertex_hooks.retry import (
+    OutageClock,
+    TrackingError,
+    TrackingUnreachableError,
+    is_transient,
+    retry_transient,
+    short_error,
+)
 
 if TYPE_CHECKING:
+    from kedro_vertex_hooks.config import HookOptions, ProjectConfig
     from kedro_vertex_hooks.tracking_client import Run, TrackingClient
 
 # (run id variable, job name variable) that orchestrators set in every task's environment,
@@ -302,3 +318,57 @@ def resolve_run(
         )
     run = client.create_run(experiment_id, tags=new_run_tags or {}, run_name=run_name)
     return ResolvedRun.from_run(run, created_here=True)
+
+
+def resolve_step_run(
+    client: TrackingClient,
+    config: ProjectConfig,
+    options: HookOptions,
+    source: RunSource,
+    pipeline_name: str,
+) -> ResolvedRun:
+    """:func:`resolve_run` for a node step, retried through a short outage; a refusal or an
+    outage that outlasts the budget is one line naming the run source and the URI."""
+    what = f"Tracking URI {config.tracking_uri}"
+    clock = OutageClock(options.outage_budget_s, options.overload_budget_s)
+    created: list[str] = []  # kept across retries: a losing run is deleted on the next
+    try:
+        run, _ = retry_transient(
+            lambda: resolve_run(
+                client,
+                source,
+                config.tracking_uri,
+                config.experiment_name,
+                options.run_search_settle_s,
+                new_run_tags={TAG_PIPELINE: pipeline_name},
+                created=created,
+            ),
+            clock,
+            what,
+        )
+    except UserError:
+        raise
+    except Exception as exc:
+        if not is_transient(exc):
+            raise _refused(exc, source, config.tracking_uri) from None
+        hint = (
+            ""
+            if options.run_untracked_if_unreachable
+            else " Set MlflowRunHooks(run_untracked_if_unreachable=True) to run untracked."
+        )
+        raise TrackingUnreachableError(
+            f"Cannot resolve the MLflow run ({source.describe()}): the tracking server at "
+            f"{config.tracking_uri} {clock.exhausted()}: {short_error(exc)}.{hint}"
+        ) from None
+    return run
+
+
+def _refused(exc: Exception, source: RunSource, tracking_uri: str) -> TrackingError:
+    """The server answered, but not with the run: one line, with the likely cause in words."""
+    from kedro_vertex_hooks.auth import explain_refusal, installed_provider
+
+    reason = explain_refusal(exc, installed_provider())
+    return TrackingError(
+        f"Cannot resolve the MLflow run ({source.describe()}) at tracking URI {tracking_uri}: "
+        f"{short_error(exc)}" + (f". {reason}" if reason else "")
+    )

@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -26,7 +23,6 @@ import msgspec
 from kedro_vertex_hooks.config import HookOptions, ProjectConfig, as_plain
 from kedro_vertex_hooks.connection import connect
 from kedro_vertex_hooks.datasets import artifact_destinations, metric_values
-from kedro_vertex_hooks.errors import UserError
 from kedro_vertex_hooks.naming import (
     DEFAULT_PIPELINE,
     ENV_RUN_ID,
@@ -46,27 +42,22 @@ from kedro_vertex_hooks.naming import (
 )
 from kedro_vertex_hooks.params import prepare_params
 from kedro_vertex_hooks.records import (
-    Outcomes,
     end_points,
     node_positions,
     now_ms,
     outside_position,
+    peak_rss_mb,
+    process_started_at,
     start_points,
 )
 from kedro_vertex_hooks.resolve import (
     ResolvedRun,
     RunSource,
     job_tags,
-    resolve_run,
+    resolve_step_run,
 )
 from kedro_vertex_hooks.retry import (
-    OutageClock,
-    TrackingError,
-    TrackingUnreachableError,
     UndeliveredError,
-    is_transient,
-    retry_transient,
-    short_error,
 )
 from kedro_vertex_hooks.status import step_end_status, step_start_status, was_ended_early
 from kedro_vertex_hooks.tracking_client import Metric
@@ -76,26 +67,10 @@ from kedro_vertex_hooks.writer import START_LINGER_S, RunWriter, Write
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
+    from kedro_vertex_hooks.records import Outcomes
     from kedro_vertex_hooks.tracking_client import TrackingClient
 
 logger = logging.getLogger(__name__)
-
-
-def process_started_at() -> float | None:
-    """When this process started (Unix time), from Linux's /proc; None elsewhere."""
-    try:
-        stat = Path("/proc/self/stat").read_text()
-        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22: start, clock ticks
-        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
-        return time.time() - (uptime_s - ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MB (Linux reports KiB)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 class TrackingSession:
@@ -152,37 +127,7 @@ class TrackingSession:
         """Connect (unless given the ``client``), then resolve and check the run, retrying
         through a short outage."""
         client = client if client is not None else connect(config, options, kedro_context)
-        what = f"Tracking URI {config.tracking_uri}"
-        clock = OutageClock(options.outage_budget_s, options.overload_budget_s)
-        created: list[str] = []  # kept across retries: a losing run is deleted on the next
-        try:
-            run, _ = retry_transient(
-                lambda: resolve_run(
-                    client,
-                    source,
-                    config.tracking_uri,
-                    config.experiment_name,
-                    options.run_search_settle_s,
-                    new_run_tags={TAG_PIPELINE: pipeline_name},
-                    created=created,
-                ),
-                clock,
-                what,
-            )
-        except UserError:
-            raise
-        except Exception as exc:
-            if not is_transient(exc):
-                raise _refused(exc, source, config.tracking_uri) from None
-            hint = (
-                ""
-                if options.run_untracked_if_unreachable
-                else " Set MlflowRunHooks(run_untracked_if_unreachable=True) to run untracked."
-            )
-            raise TrackingUnreachableError(
-                f"Cannot resolve the MLflow run ({source.describe()}): the tracking server at "
-                f"{config.tracking_uri} {clock.exhausted()}: {short_error(exc)}.{hint}"
-            ) from None
+        run = resolve_step_run(client, config, options, source, pipeline_name)
         spec = SessionSpec(
             tracking_uri=config.tracking_uri,
             run_id=run.run_id,
@@ -399,8 +344,7 @@ class TrackingSession:
         if outcomes is None:
             return None
         with self._lock:
-            completed = outcomes.completed | self._completed_here
-        merged = Outcomes(frozenset(completed), outcomes.any_failed)
+            merged = outcomes.with_completed(self._completed_here)
         return step_end_status(merged, len(self._positions))
 
     def fail_step(self, error: BaseException) -> None:
@@ -429,14 +373,3 @@ class TrackingSession:
         if not report.given_up or self.options.on_undelivered != "fail":
             return
         raise UndeliveredError(self.run_id, report.undelivered, report.last_error)
-
-
-def _refused(exc: Exception, source: RunSource, tracking_uri: str) -> TrackingError:
-    """The server answered, but not with the run: one line, with the likely cause in words."""
-    from kedro_vertex_hooks.auth import explain_refusal, installed_provider
-
-    reason = explain_refusal(exc, installed_provider())
-    return TrackingError(
-        f"Cannot resolve the MLflow run ({source.describe()}) at tracking URI {tracking_uri}: "
-        f"{short_error(exc)}" + (f". {reason}" if reason else "")
-    )

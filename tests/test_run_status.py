@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from kedro.pipeline import node, pipeline
 
-from kedro_vertex_hooks.hooks import has_node_downstream, holds_every_leaf
 from kedro_vertex_hooks.naming import METRIC_NODE_COMPLETED
+from kedro_vertex_hooks.pipeline_shape import has_node_downstream, holds_every_leaf
 from kedro_vertex_hooks.records import Outcomes
 from kedro_vertex_hooks.resolve import RunSource, job_run_name
 from kedro_vertex_hooks.status import step_end_status, step_start_status, was_ended_early
