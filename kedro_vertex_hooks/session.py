@@ -309,33 +309,40 @@ class TrackingSession:
         """After the last node of this step: set the status the whole run now deserves.
 
         Only a step with no node downstream of it may finish the pipeline (the orchestrator
-        starts such nodes only after this step): after its own writes it sets FAILED or
-        FINISHED from the nodes' outcomes. Every other step ends with its writes.
+        starts such nodes only after this step): it sets FAILED or FINISHED from the nodes'
+        outcomes. When the outcomes read ahead decide it, the status is sent alongside the
+        step's last record (one round trip); otherwise the outcomes are read after the
+        record. Every other step ends with its writes.
         """
+        target = self._status_decided_ahead() if may_finish_pipeline else None
+        alongside = self.writer.set_status_alongside(target) if target else None
         self.writer.flush()
-        target: str | None = None
-        if self.source.mode == "local":
-            target = RUN_FINISHED
-        elif may_finish_pipeline:
-            target = self._status_decided_ahead()
-            if target is None:
+        if alongside is not None:
+            alongside.result()
+        else:
+            if self.source.mode == "local":
+                target = RUN_FINISHED
+            elif may_finish_pipeline:
                 outcomes = self.writer.read_outcomes()
                 target = step_end_status(outcomes, len(self._positions)) if outcomes else None
-        if target:
-            self.writer.submit(Write(status=target), wait=True)
+            if target:
+                self.writer.submit(Write(status=target), wait=True)
         self.close()
         self.raise_if_undelivered()
         return target or RUN_RUNNING
 
     def _status_decided_ahead(self) -> str | None:
         """FINISHED or FAILED from the outcomes read while this step's nodes ran, merged with
-        the nodes it completed and delivered; None when they do not decide it.
+        the nodes it completed; None when they do not decide it.
 
         When every other node had completed, no other step can still be running, so the
         status is as true as if the outcomes were read after this step's writes. Otherwise
         (another leaf may be finishing at this moment) only reading after the writes is safe:
         of two steps that end together, at least one then sees both. A step whose writes
         were given up, or whose nodes ran in worker processes, reads the outcomes again too.
+        A last record given up after the status was sent still fails the step (see
+        :meth:`raise_if_undelivered`), so that the orchestrator retries it or ``finalize``
+        reports the node as lost.
         """
         ahead, self._outcomes_ahead = self._outcomes_ahead, None
         if ahead is None or self.writer.report.given_up:

@@ -23,7 +23,7 @@ from kedro_vertex_hooks.naming import (
 )
 from tests.support.generated_project import PACKAGE, generate_project
 from tests.support.project import EXPECTED_PARAMS, SAMPLE_NODES, SAMPLE_STEPS, base_env
-from tests.support.proxy import MlflowProxy
+from tests.support.proxy import MlflowProxy, RequestRecord
 from tests.support.tracked import (
     assert_finished_with_every_node_completed,
     by_node,
@@ -410,24 +410,24 @@ def test_a_last_step_reads_outcomes_while_its_node_runs_and_after_its_write_only
     client, mlflow_server, project
 ):
     """The step with no node downstream reads the outcomes while its nodes run. When every
-    other node had completed, its end sends its record and then the status, without a read
-    in between; otherwise it reads again after its record, as two leaves ending together
-    must (at least one of them then sees both)."""
+    other node had completed, its end sends its record and the status together (one round
+    trip); otherwise it reads again after its record, as two leaves ending together must
+    (at least one of them then sees both)."""
     assert_ok(project.run_nodes(SAMPLE_NODES, base_env(MLFLOW_TRACKING_URI=mlflow_server.uri)))
     run_id = new_run(client, "read-ahead")  # the data on disk is the run above's
     last = SAMPLE_NODES[-1:]
 
-    def tracking_requests(proxy: MlflowProxy, nodes) -> list[str]:
+    def tracking_requests(proxy: MlflowProxy, nodes) -> list[RequestRecord]:
         proxy.reset_stats()
         assert_ok(project.run_nodes(nodes, env))
         proxy.wait_idle()
         records = sorted(proxy.stats().records, key=lambda record: record.started)
         wanted = (GET_HISTORY, LOG_BATCH, UPDATE_RUN)
-        return [record.endpoint for record in records if record.endpoint in wanted]
+        return [record for record in records if record.endpoint in wanted]
 
-    with MlflowProxy(mlflow_server.uri, latency_s=0) as proxy:
+    with MlflowProxy(mlflow_server.uri, latency_s=0.1) as proxy:
         env = base_env(MLFLOW_TRACKING_URI=proxy.uri, MLFLOW_RUN_ID=run_id)
-        alone = tracking_requests(proxy, last)  # the other nodes have no record in this run
+        alone = [r.endpoint for r in tracking_requests(proxy, last)]  # no other node's record
         status_alone = client.get_run(run_id).info.status
         tracking_requests(proxy, SAMPLE_NODES[:-1])
         after_the_rest = tracking_requests(proxy, last)
@@ -436,8 +436,11 @@ def test_a_last_step_reads_outcomes_while_its_node_runs_and_after_its_write_only
     assert alone.count(GET_HISTORY) == 2 and alone[-1] == GET_HISTORY
     assert alone.index(GET_HISTORY) < alone.index(LOG_BATCH)
     assert client.get_run(run_id).info.status == "FINISHED"
-    assert after_the_rest.count(GET_HISTORY) == 1
-    assert after_the_rest[-2:] == [LOG_BATCH, UPDATE_RUN]
+    assert [r.endpoint for r in after_the_rest].count(GET_HISTORY) == 1
+    record, status = after_the_rest[-2:]
+    assert {record.endpoint, status.endpoint} == {LOG_BATCH, UPDATE_RUN}
+    # in flight at the same time: the step's end waited for one round trip, not two
+    assert status.started < record.started + record.seconds
     assert node_statuses(client, run_id) == dict.fromkeys(SAMPLE_NODES, "completed")
 
 
