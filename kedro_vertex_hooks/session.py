@@ -310,21 +310,22 @@ class TrackingSession:
 
         Only a step with no node downstream of it may finish the pipeline (the orchestrator
         starts such nodes only after this step): it sets FAILED or FINISHED from the nodes'
-        outcomes. When the outcomes read ahead decide it, the status is sent alongside the
-        step's last record (one round trip); otherwise the outcomes are read after the
+        outcomes. When the status is known before the step's last record is sent (a local
+        run, which ran every node here, or outcomes read ahead that decide it), it is sent
+        alongside that record (one round trip); otherwise the outcomes are read after the
         record. Every other step ends with its writes.
         """
-        target = self._status_decided_ahead() if may_finish_pipeline else None
+        if self.source.mode == "local":
+            target: str | None = RUN_FINISHED  # this process ran the whole pipeline
+        else:
+            target = self._status_decided_ahead() if may_finish_pipeline else None
         alongside = self.writer.set_status_alongside(target) if target else None
         self.writer.flush()
         if alongside is not None:
             alongside.result()
-        else:
-            if self.source.mode == "local":
-                target = RUN_FINISHED
-            elif may_finish_pipeline:
-                outcomes = self.writer.read_outcomes()
-                target = step_end_status(outcomes, len(self._positions)) if outcomes else None
+        elif may_finish_pipeline:
+            outcomes = self.writer.read_outcomes()
+            target = step_end_status(outcomes, len(self._positions)) if outcomes else None
             if target:
                 self.writer.submit(Write(status=target), wait=True)
         self.close()

@@ -444,6 +444,25 @@ def test_a_last_step_reads_outcomes_while_its_node_runs_and_after_its_write_only
     assert node_statuses(client, run_id) == dict.fromkeys(SAMPLE_NODES, "completed")
 
 
+def test_a_run_of_the_whole_pipeline_in_one_process_ends_with_one_round_trip(
+    client, mlflow_server, project
+):
+    """`kedro run` without a run id creates the run and runs every node here: it is FINISHED
+    at the end without reading anything, its status sent alongside the last record."""
+    runs_before = every_run_id(client)
+    with MlflowProxy(mlflow_server.uri, latency_s=0.1) as proxy:
+        assert_ok(project.run(["run"], base_env(MLFLOW_TRACKING_URI=proxy.uri)))
+        proxy.wait_idle()
+        records = sorted(proxy.stats().records, key=lambda record: record.started)
+
+    (run_id,) = every_run_id(client) - runs_before
+    assert_finished_with_every_node_completed(client, run_id)
+    assert GET_HISTORY not in [r.endpoint for r in records]
+    record = [r for r in records if r.endpoint == LOG_BATCH][-1]
+    (status,) = [r for r in records if r.endpoint == UPDATE_RUN]
+    assert status.started < record.started + record.seconds  # in flight together
+
+
 def test_a_write_that_came_late_is_recorded_without_reading_the_run(client, mlflow_server, project):
     """A retried write may land twice: the record is append-only, so a late copy adds a
     point and overwrites nothing; the step needs no read to repair it."""
