@@ -28,6 +28,7 @@ from kedro_vertex_hooks.naming import (
     trim,
 )
 from kedro_vertex_hooks.records import Outcomes, read_outcomes
+from kedro_vertex_hooks.rest_client import MAX_ENTITIES_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 from kedro_vertex_hooks.retry import (
     OutageClock,
     TrackingError,
@@ -62,6 +63,18 @@ START_LINGER_S = 1.0
 def _deadline(item: Write | threading.Event | None) -> float:
     """When the batch that ``item`` joins must be sent, at the latest."""
     return time.monotonic() + (item.linger_s if isinstance(item, Write) else 0.0)
+
+
+def _fill_one_request(items: list[Write | threading.Event | None]) -> bool:
+    """Whether the writes waiting fill one ``log-batch`` request: lingering for more would
+    only queue requests for the step's end (a pipeline of many fast nodes with many
+    params each), so they are sent at once."""
+    writes = [item for item in items if isinstance(item, Write)]
+    return (
+        sum(len(write.params) for write in writes) >= MAX_PARAMS_TAGS_PER_BATCH
+        or sum(len(write.tags) for write in writes) >= MAX_PARAMS_TAGS_PER_BATCH
+        or sum(write.size() for write in writes) >= MAX_ENTITIES_PER_BATCH
+    )
 
 
 def in_background(action: Callable[[], T], name: str) -> Future[T]:
@@ -274,9 +287,9 @@ class RunWriter:
             items = [self._queue.get()]
             # Let writes made in quick succession (a short node's start and end, or the end
             # of one node and the start of the next) share this request: each write waits at
-            # most its own linger; a flush or the stop sends at once.
+            # most its own linger; a flush, the stop or writes that fill a request send at once.
             deadline = _deadline(items[0])
-            while isinstance(items[-1], Write):
+            while isinstance(items[-1], Write) and not _fill_one_request(items):
                 try:
                     items.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
                 except queue.Empty:

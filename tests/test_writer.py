@@ -129,6 +129,22 @@ def test_a_long_nodes_start_reaches_the_run_while_it_runs(make_writer, client, p
     assert client.get_run(run_id).data.tags[STATUS] == "completed"
 
 
+def test_writes_that_fill_a_request_are_sent_without_waiting_out_their_linger(
+    make_writer, client, proxy, run_id
+):
+    """Fast nodes with 20 params each, in one process: once their writes fill a request,
+    waiting out the linger would only queue requests for the step's end."""
+    writer = make_writer(proxy, run_id)
+    for node in range(5):
+        writer.submit(Write(params={f"node_{node}.p{i}": str(i) for i in range(20)}, linger_s=60))
+    deadline = time.monotonic() + 30
+    while len(client.get_run(run_id).data.params) < 100:
+        assert time.monotonic() < deadline, "a full request waited for its writes' linger"
+        time.sleep(0.1)
+    writer.close()
+    assert log_batches(proxy) == 1
+
+
 def test_an_outage_is_waited_out_and_reported_as_late(make_writer, client, proxy, run_id, caplog):
     writer = make_writer(proxy, run_id)
     writer.submit(Write(tags={STATUS: "running"}))
