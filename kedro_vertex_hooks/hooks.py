@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from kedro.framework.hooks import hook_impl
@@ -93,8 +93,10 @@ class MlflowRunHooks:
     def after_context_created(self, context: KedroContext) -> None:
         """Read the run source before anything can remove MLFLOW_RUN_ID; check the config.
 
-        A run to resume is read now, in the background, while Kedro builds the catalog and
-        loads the pipelines; ``before_pipeline_run`` waits for it and raises its errors.
+        What needs no pipeline name starts now, in the background, while Kedro builds the
+        catalog and loads the pipelines: a run to resume is read; for a run to create on a
+        tracking server, its experiment is looked up. ``before_pipeline_run`` waits for it
+        and raises its errors.
         """
         if _passive:
             return
@@ -105,7 +107,9 @@ class MlflowRunHooks:
         switch_off_kedro_vertexai_tags_hook(context)
         if in_kedro_vertexai_start_step():
             keep_start_step_run_running()
-        if self._source.mode == "resume":
+        if self._source.mode == "resume" or self._config.tracking_uri.startswith("http"):
+            # (a local store needs MLflow's client, whose import a pipeline with tracking
+            # disabled must not pay)
             self._opening = self._open_in_background()
 
     @hook_impl(tryfirst=True)
@@ -133,7 +137,7 @@ class MlflowRunHooks:
         self._may_finish_pipeline = not has_node_downstream(registered, step_nodes)
         opening, self._opening = self._opening, None
         try:
-            self._session = opening.result() if opening else self._open_session(name)
+            self._session = opening.result()(name) if opening else self._open_session(name)
         except TrackingUnreachableError as exc:
             if not self.options.run_untracked_if_unreachable:
                 raise
@@ -152,17 +156,28 @@ class MlflowRunHooks:
         )
 
     def _open_session(
-        self, pipeline_name: str = DEFAULT_PIPELINE, client: TrackingClient | None = None
+        self,
+        pipeline_name: str = DEFAULT_PIPELINE,
+        client: TrackingClient | None = None,
+        experiment_id: str | None = None,
     ) -> TrackingSession:
         from kedro_vertex_hooks.session import TrackingSession
 
         assert self._config is not None and self._source is not None
         return TrackingSession.open(
-            self._config, self.options, self._source, self._context, pipeline_name, client
+            self._config,
+            self.options,
+            self._source,
+            self._context,
+            pipeline_name,
+            client,
+            experiment_id,
         )
 
-    def _open_in_background(self) -> Future[TrackingSession]:
-        """Connect here, then read the run on a daemon thread.
+    def _open_in_background(self) -> Future[Callable[[str], TrackingSession]]:
+        """Connect here, then read the run to resume, or look up the experiment of the run to
+        create, on a daemon thread; the future gives what is left to do once the pipeline's
+        name is known.
 
         Connecting is CPU work (imports, the auth provider); reading the run is mostly a wait
         on the network. On the daemon thread the CPU work would take the GIL from Kedro's
@@ -173,16 +188,29 @@ class MlflowRunHooks:
 
         import kedro_vertex_hooks.session  # noqa: F401  (its imports are CPU work too)
         from kedro_vertex_hooks.connection import connect
+        from kedro_vertex_hooks.resolve import active_experiment_id
         from kedro_vertex_hooks.writer import in_background
 
-        assert self._config is not None
+        config = self._config
+        assert config is not None and self._source is not None
         try:
-            client = connect(self._config, self.options, self._context)
+            client = connect(config, self.options, self._context)
         except Exception as exc:
-            failed: Future[TrackingSession] = Future()
+            failed: Future[Callable[[str], TrackingSession]] = Future()
             failed.set_exception(exc)
             return failed
-        return in_background(lambda: self._open_session(client=client), "open")
+
+        def read_run() -> Callable[[str], TrackingSession]:
+            session = self._open_session(client=client)
+            return lambda _pipeline_name: session
+
+        def look_up_experiment() -> Callable[[str], TrackingSession]:
+            experiment_id = active_experiment_id(client, config.experiment_name)
+            return lambda pipeline_name: self._open_session(pipeline_name, client, experiment_id)
+
+        if self._source.mode == "resume":
+            return in_background(read_run, "open")
+        return in_background(look_up_experiment, "experiment")
 
     def _here(self) -> TrackingSession | None:
         """This process's session: the parent's, or one rebuilt in a worker process."""

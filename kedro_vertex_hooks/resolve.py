@@ -162,6 +162,18 @@ def fetch_run(
     return resolved
 
 
+def active_experiment_id(client: TrackingClient, name: str) -> str | None:
+    """The id of experiment ``name`` if it exists and is not deleted; None otherwise, or when
+    it cannot be read now (:func:`ensure_experiment` then reads it again, through outages)."""
+    try:
+        experiment = client.get_experiment_by_name(name)
+    except Exception:
+        return None
+    if experiment is None or experiment.lifecycle_stage == "deleted":
+        return None
+    return experiment.experiment_id
+
+
 def ensure_experiment(client: TrackingClient, name: str) -> str:
     """Experiment id for ``name``, created if needed (safe when steps race to create it)."""
     experiment = client.get_experiment_by_name(name)
@@ -296,15 +308,17 @@ def resolve_run(
     run_name: str | None = None,
     new_run_tags: dict[str, str] | None = None,
     created: list[str] | None = None,
+    experiment_id: str | None = None,
 ) -> ResolvedRun:
     """The one decision of which run: resumed by id, the job's (found, or created by whichever
     racing step wins), or a new one with ``new_run_tags``. Node steps and ``start-run`` both
     come here. Pass the same ``created`` list to every retry of one resolution (see
-    :func:`find_or_create_job_run`)."""
+    :func:`find_or_create_job_run`); ``experiment_id``: the experiment, when already looked
+    up (:func:`active_experiment_id`)."""
     if source.mode == "resume":
         assert source.run_id is not None
         return fetch_run(client, source.run_id, tracking_uri, whole=False)
-    experiment_id = ensure_experiment(client, experiment_name)
+    experiment_id = experiment_id or ensure_experiment(client, experiment_name)
     if source.mode == "job":
         assert source.job_id is not None
         return find_or_create_job_run(
@@ -326,6 +340,7 @@ def resolve_step_run(
     options: HookOptions,
     source: RunSource,
     pipeline_name: str,
+    experiment_id: str | None = None,
 ) -> ResolvedRun:
     """:func:`resolve_run` for a node step, retried through a short outage; a refusal or an
     outage that outlasts the budget is one line naming the run source and the URI."""
@@ -342,6 +357,7 @@ def resolve_step_run(
                 options.run_search_settle_s,
                 new_run_tags={TAG_PIPELINE: pipeline_name},
                 created=created,
+                experiment_id=experiment_id,
             ),
             clock,
             what,

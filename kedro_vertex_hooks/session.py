@@ -123,11 +123,12 @@ class TrackingSession:
         kedro_context: Any = None,
         pipeline_name: str = DEFAULT_PIPELINE,
         client: TrackingClient | None = None,
+        experiment_id: str | None = None,
     ) -> TrackingSession:
         """Connect (unless given the ``client``), then resolve and check the run, retrying
-        through a short outage."""
+        through a short outage (``experiment_id``: the experiment, when already looked up)."""
         client = client if client is not None else connect(config, options, kedro_context)
-        run = resolve_step_run(client, config, options, source, pipeline_name)
+        run = resolve_step_run(client, config, options, source, pipeline_name, experiment_id)
         spec = SessionSpec(
             tracking_uri=config.tracking_uri,
             run_id=run.run_id,

@@ -463,6 +463,24 @@ def test_a_run_of_the_whole_pipeline_in_one_process_ends_with_one_round_trip(
     assert status.started < record.started + record.seconds  # in flight together
 
 
+def test_a_local_run_into_a_deleted_experiment_restores_it(client, mlflow_server, project):
+    """The experiment is looked up while Kedro loads the pipeline; a deleted one is restored
+    when the run is created, as it was when looked up then."""
+    env = base_env(MLFLOW_TRACKING_URI=mlflow_server.uri)
+    runs_before = every_run_id(client)
+    assert_ok(project.run_nodes(SAMPLE_NODES[:1], env))
+    (first,) = every_run_id(client) - runs_before
+    experiment_id = client.get_run(first).info.experiment_id
+    client.delete_experiment(experiment_id)
+
+    assert_ok(project.run_nodes(SAMPLE_NODES[:1], env))
+
+    (second,) = every_run_id(client) - runs_before - {first}
+    assert client.get_run(second).info.experiment_id == experiment_id
+    assert client.get_experiment(experiment_id).lifecycle_stage == "active"
+    assert client.get_run(second).info.status == "FINISHED"
+
+
 def test_a_write_that_came_late_is_recorded_without_reading_the_run(client, mlflow_server, project):
     """A retried write may land twice: the record is append-only, so a late copy adds a
     point and overwrites nothing; the step needs no read to repair it."""
