@@ -65,16 +65,33 @@ def _deadline(item: Write | threading.Event | None) -> float:
     return time.monotonic() + (item.linger_s if isinstance(item, Write) else 0.0)
 
 
-def _fill_one_request(items: list[Write | threading.Event | None]) -> bool:
-    """Whether the writes waiting fill one ``log-batch`` request: lingering for more would
-    only queue requests for the step's end (a pipeline of many fast nodes with many
-    params each), so they are sent at once."""
-    writes = [item for item in items if isinstance(item, Write)]
-    return (
-        sum(len(write.params) for write in writes) >= MAX_PARAMS_TAGS_PER_BATCH
-        or sum(len(write.tags) for write in writes) >= MAX_PARAMS_TAGS_PER_BATCH
-        or sum(write.size() for write in writes) >= MAX_ENTITIES_PER_BATCH
-    )
+class _Load(msgspec.Struct):
+    """What a batch carries, counted as MLflow's per-request limits count it."""
+
+    params: int = 0
+    tags: int = 0
+    values: int = 0
+
+    def plus(self, write: Write) -> _Load:
+        return _Load(
+            self.params + len(write.params), self.tags + len(write.tags), self.values + write.size()
+        )
+
+    def requests(self) -> int:
+        """``log-batch`` requests it takes (see ``rest_client.batch_chunks``)."""
+        return max(
+            -(-self.params // MAX_PARAMS_TAGS_PER_BATCH),
+            -(-self.tags // MAX_PARAMS_TAGS_PER_BATCH),
+            -(-self.values // MAX_ENTITIES_PER_BATCH),
+        )
+
+
+def _shares_a_request(batch: _Load, write: Write) -> bool:
+    """Whether ``write`` sent with the batch takes fewer requests than sent after it. When it
+    does not, the batch's requests are full: lingering for more would only queue requests
+    for the step's end (many fast nodes with many params each, in one process)."""
+    alone = _Load().plus(write).requests()
+    return batch.plus(write).requests() < batch.requests() + alone
 
 
 def in_background(action: Callable[[], T], name: str) -> Future[T]:
@@ -283,19 +300,28 @@ class RunWriter:
 
     def _drain(self) -> None:
         """Background loop: merge whatever is waiting into as few requests as possible."""
+        carried: Write | None = None  # the write that did not fit the last batch's requests
         while True:
-            items = [self._queue.get()]
+            items: list[Write | threading.Event | None] = [carried or self._queue.get()]
+            carried = None
             # Let writes made in quick succession (a short node's start and end, or the end
             # of one node and the start of the next) share this request: each write waits at
-            # most its own linger; a flush, the stop or writes that fill a request send at once.
+            # most its own linger; a flush or the stop sends at once, and so does a batch
+            # whose requests are full (the write that does not fit starts the next batch).
             deadline = _deadline(items[0])
-            while isinstance(items[-1], Write) and not _fill_one_request(items):
+            load = _Load().plus(items[0]) if isinstance(items[0], Write) else _Load()
+            while isinstance(items[-1], Write):
                 try:
-                    items.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
-                deadline = min(deadline, _deadline(items[-1]))
-            while True:
+                if isinstance(item, Write) and not _shares_a_request(load, item):
+                    carried = item
+                    break
+                items.append(item)
+                load = load.plus(item) if isinstance(item, Write) else load
+                deadline = min(deadline, _deadline(item))
+            while carried is None:
                 try:
                     items.append(self._queue.get_nowait())
                 except queue.Empty:

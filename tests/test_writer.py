@@ -129,20 +129,35 @@ def test_a_long_nodes_start_reaches_the_run_while_it_runs(make_writer, client, p
     assert client.get_run(run_id).data.tags[STATUS] == "completed"
 
 
-def test_writes_that_fill_a_request_are_sent_without_waiting_out_their_linger(
+def test_a_batch_whose_requests_are_full_is_sent_without_waiting_out_its_linger(
     make_writer, client, proxy, run_id
 ):
-    """Fast nodes with 20 params each, in one process: once their writes fill a request,
-    waiting out the linger would only queue requests for the step's end."""
+    """Fast nodes with 20 params each, in one process: once a write no longer fits the
+    batch's requests, waiting out the linger would only queue requests for the step's end.
+    The batch goes at once; the write that did not fit starts the next one."""
     writer = make_writer(proxy, run_id)
-    for node in range(5):
+    for node in range(6):
         writer.submit(Write(params={f"node_{node}.p{i}": str(i) for i in range(20)}, linger_s=60))
     deadline = time.monotonic() + 30
     while len(client.get_run(run_id).data.params) < 100:
-        assert time.monotonic() < deadline, "a full request waited for its writes' linger"
+        assert time.monotonic() < deadline, "a full batch waited for its writes' linger"
         time.sleep(0.1)
     writer.close()
-    assert log_batches(proxy) == 1
+    assert len(client.get_run(run_id).data.params) == 120
+    assert log_batches(proxy) == 2
+
+
+def test_a_wide_nodes_start_and_end_still_share_its_requests(make_writer, client, proxy, run_id):
+    """A node with 1000 params: its end fits the ten requests of its start, so both wait
+    for each other instead of taking an eleventh."""
+    writer = make_writer(proxy, run_id)
+    params = {f"param_{index:04d}": str(index) for index in range(1000)}
+    writer.submit(Write(params=params, tags={STATUS: "running"}, linger_s=START_LINGER_S))
+    time.sleep(0.2)  # the node runs
+    writer.submit(Write(tags={STATUS: "completed"}, metrics=[metric("duration", 0.2)]))
+    writer.close()
+    assert log_batches(proxy) == 10
+    assert client.get_run(run_id).data.tags[STATUS] == "completed"
 
 
 def test_an_outage_is_waited_out_and_reported_as_late(make_writer, client, proxy, run_id, caplog):
