@@ -1,6 +1,6 @@
 """Scale benchmark: what one node step costs as the shared run grows to 50, 300, 1000 nodes.
 
-    python benchmark/scale.py                 # N = 50, 300, 1000: about 11 minutes on 2 cores
+    python benchmark/scale.py                 # N = 50, 300, 1000: 8-10 minutes on 2 cores
     python benchmark/scale.py --sizes 50      # or --quick: N = 50, 2 repeats
 
 For each N, on a fresh ``mlflow server`` (sqlite, ``--workers 1``) behind the loopback proxy of
