@@ -12,6 +12,7 @@ from pathlib import Path
 from benchmark.scale import (
     batches,
     check_targets,
+    log_batch_server_ms,
     markdown,
     report,
     run_json_figures,
@@ -146,6 +147,20 @@ def test_step_figures_pair_each_tracked_step_with_the_untracked_one_of_its_repea
     assert row["run"]["runs_get_proxy_ms"] == 45.0
     assert row["run"]["metric_points"] == 1203
     assert row["search"] == {"runs": 20, "mb": 7.1, "seconds": 1.2, "params_only_mb": 6.5}
+
+
+def test_a_steps_log_batch_server_time_is_what_its_log_batches_took_beyond_a_bare_round_trip():
+    step = process("mid", True, 0, 1.0, requests=3)
+    step["sequence"] = [
+        [0.0, "POST /api/2.0/mlflow/runs/update", 200, 588, 31.0],  # a read: not counted
+        [900.0, "POST /api/2.0/mlflow/runs/log-batch", 200, 202, 69.0],
+        [990.0, "POST /api/2.0/mlflow/runs/log-batch", 200, 202, 27.0],  # faster than /health
+    ]
+    assert log_batch_server_ms(step, bare_ms=29.0) == 40.0
+    # figures of a run before requests had their times: no figure rather than a wrong one
+    step["sequence"] = [[900.0, "POST /api/2.0/mlflow/runs/log-batch", 200, 202]]
+    assert log_batch_server_ms(step, bare_ms=29.0) is None
+    assert summarise_size(size(50))["steps"]["mid"]["log_batch_server_ms"] is None
 
 
 def test_targets_judge_time_against_the_bare_round_trip_and_bytes_at_1000_nodes():
