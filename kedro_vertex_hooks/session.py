@@ -62,7 +62,7 @@ from kedro_vertex_hooks.retry import (
 from kedro_vertex_hooks.status import step_end_status, step_start_status, was_ended_early
 from kedro_vertex_hooks.tracking_client import Metric
 from kedro_vertex_hooks.worker_spec import SESSION_ENV, SessionSpec, in_worker_process
-from kedro_vertex_hooks.writer import START_LINGER_S, RunWriter, Write
+from kedro_vertex_hooks.writer import START_LINGER_S, RunWriter, Write, requests_at_once
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -111,6 +111,7 @@ class TrackingSession:
             overload_budget_s=options.overload_budget_s,
             on_param_conflict=options.on_param_conflict,
             strict=options.strict,
+            requests_at_once=requests_at_once(spec.tracking_uri),
         )
 
     # -- opening ---------------------------------------------------------------------------

@@ -28,7 +28,11 @@ from kedro_vertex_hooks.naming import (
     trim,
 )
 from kedro_vertex_hooks.records import Outcomes, read_outcomes
-from kedro_vertex_hooks.rest_client import MAX_ENTITIES_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
+from kedro_vertex_hooks.rest_client import (
+    MAX_ENTITIES_PER_BATCH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+    batch_chunks,
+)
 from kedro_vertex_hooks.retry import (
     OutageClock,
     TrackingError,
@@ -58,6 +62,15 @@ LINGER_S = 0.02  # how long the background thread waits for more writes before s
 # A node's start waits up to this long for its end, so that a short node's step sends one
 # request for both; a longer node's start is still in the run within a second.
 START_LINGER_S = 1.0
+# A write's requests sent at once to a tracking server: a process logging many params (fast
+# nodes in one process, a node with 1000 params) waits a round trip per few requests.
+REQUESTS_AT_ONCE = 4
+
+
+def requests_at_once(tracking_uri: str) -> int:
+    """A tracking server takes a write's requests at once; a local store (one database file,
+    no round trip to hide) takes them one by one."""
+    return REQUESTS_AT_ONCE if tracking_uri.startswith(("http://", "https://")) else 1
 
 
 def _deadline(item: Write | threading.Event | None) -> float:
@@ -112,6 +125,17 @@ def in_background(action: Callable[[], T], name: str) -> Future[T]:
 
 class ParamConflictError(UserError):
     """A parameter already logged in the run with another value (``on_param_conflict="fail"``)."""
+
+
+def _last_batch_start(writes: list[Write]) -> int:
+    """Where the last of the batches that ``writes`` make in turn starts: a write that would
+    not share a request with the batch before it starts the next one."""
+    start, load = 0, _Load()
+    for index, write in enumerate(writes):
+        if index and not _shares_a_request(load, write):
+            start, load = index, _Load()
+        load = load.plus(write)
+    return start
 
 
 class Write(msgspec.Struct):
@@ -195,8 +219,10 @@ class RunWriter:
         on_param_conflict: Literal["tag", "fail"],
         strict: bool,
         overload_budget_s: float | None = None,
+        requests_at_once: int = 1,
     ) -> None:
         self._client = client
+        self._requests_at_once = requests_at_once
         self.run_id = run_id
         self._known_params = dict(known_params)
         self._clock = OutageClock(outage_budget_s, overload_budget_s)
@@ -204,7 +230,8 @@ class RunWriter:
         self._strict = strict
         self._background = background and not strict
         self.report = DeliveryReport()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # what the run is known to hold, and the report
+        self._params_lock = threading.Lock()
         self._start_queue()
 
     # -- public surface -------------------------------------------------------------------
@@ -300,51 +327,77 @@ class RunWriter:
 
     def _drain(self) -> None:
         """Background loop: merge whatever is waiting into as few requests as possible."""
-        carried: Write | None = None  # the write that did not fit the last batch's requests
+        carried: list[Write] = []  # writes that did not fit the last batch's requests
         while True:
-            items: list[Write | threading.Event | None] = [carried or self._queue.get()]
-            carried = None
-            # Let writes made in quick succession (a short node's start and end, or the end
-            # of one node and the start of the next) share this request: each write waits at
-            # most its own linger; a flush or the stop sends at once, and so does a batch
-            # whose requests are full (the write that does not fit starts the next batch).
-            deadline = _deadline(items[0])
-            load = _Load().plus(items[0]) if isinstance(items[0], Write) else _Load()
+            items: list[Write | threading.Event | None] = [*carried] or [self._queue.get()]
+            carried = []
+            # Writes that queued while the last batch was sent join this one at once. When
+            # they fill requests beyond those of the last write's batch, the full ones go
+            # now, together; the writes of that last batch wait for more, as any batch does.
             while isinstance(items[-1], Write):
-                try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if isinstance(item, Write) and not _shares_a_request(load, item):
-                    carried = item
-                    break
-                items.append(item)
-                load = load.plus(item) if isinstance(item, Write) else load
-                deadline = min(deadline, _deadline(item))
-            while carried is None:
                 try:
                     items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            batch: Write | None = None
-            for item in items:
-                if isinstance(item, Write):
-                    if batch is not None and batch.status is None and batch.artifact is None:
-                        batch.merge(item)
-                        batch.status, batch.artifact = item.status, item.artifact
-                        continue
-                    if batch is not None:
-                        self._deliver_logged(batch)
-                    batch = item
+            if isinstance(items[-1], Write):
+                writes = [item for item in items if isinstance(item, Write)]
+                start = _last_batch_start(writes)
+                if start:
+                    items, carried = items[:start], writes[start:]
+                else:
+                    carried = self._linger(items)
+            while not carried:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if self._send_items(items):
+                return
+
+    def _linger(self, items: list[Write | threading.Event | None]) -> list[Write]:
+        """Let writes made in quick succession (a short node's start and end, or the end of
+        one node and the start of the next) join ``items`` to share their requests: each
+        write waits at most its own linger; a flush or the stop ends the wait, and so does a
+        write that would not share a request (returned, to start the next batch)."""
+        deadline = min(_deadline(item) for item in items)
+        load = _Load()
+        for item in items:
+            load = load.plus(item) if isinstance(item, Write) else load
+        while isinstance(items[-1], Write):
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if isinstance(item, Write) and not _shares_a_request(load, item):
+                return [item]
+            items.append(item)
+            load = load.plus(item) if isinstance(item, Write) else load
+            deadline = min(deadline, _deadline(item))
+        return []
+
+    def _send_items(self, items: list[Write | threading.Event | None]) -> bool:
+        """Deliver ``items`` in order, writes merged up to a status or an artifact; wake the
+        flushes among them. True when the stop was reached."""
+        batch: Write | None = None
+        for item in items:
+            if isinstance(item, Write):
+                if batch is not None and batch.status is None and batch.artifact is None:
+                    batch.merge(item)
+                    batch.status, batch.artifact = item.status, item.artifact
                     continue
                 if batch is not None:
                     self._deliver_logged(batch)
-                    batch = None
-                if item is None:
-                    return
-                item.set()
+                batch = item
+                continue
             if batch is not None:
                 self._deliver_logged(batch)
+                batch = None
+            if item is None:
+                return True
+            item.set()
+        if batch is not None:
+            self._deliver_logged(batch)
+        return False
 
     def _deliver_logged(self, write: Write, in_caller: bool = False) -> None:
         """Deliver, or record the write as given up: tracking must not fail the node.
@@ -368,10 +421,12 @@ class RunWriter:
     # -- delivery -------------------------------------------------------------------------
     def _deliver(self, write: Write) -> None:
         size = write.size()
-        # Params are sent under the lock: sending reads and updates what the run is known to
-        # hold. Anything else (a status set alongside the last record) need not wait.
-        with self._lock if write.params else contextlib.nullcontext():
-            _, late = self._call(lambda: self._send(write), f"MLflow run {self.run_id}")
+        # Writes with params go one at a time: what a write sends is what the run is not known
+        # to hold yet. Anything else (a status set alongside the last record) need not wait.
+        with self._params_lock if write.params else contextlib.nullcontext():
+            with self._lock:
+                pending = self._requests_of(write)
+            _, late = self._call(lambda: self._send(write, pending), f"MLflow run {self.run_id}")
         with self._lock:
             self.report.delivered += size
             if late:
@@ -388,30 +443,62 @@ class RunWriter:
                 f"{what}: the tracking server {self._clock.exhausted()}: {short_error(exc)}"
             ) from None
 
-    def _send(self, write: Write, *, refreshed: bool = False) -> None:
-        params = self._new_params(write)
-        try:
-            self._client.log_values(
-                self.run_id,
-                params=params,
-                tags=write.tags,
-                metrics=write.metrics,
-            )
-        except Exception as exc:
-            if refreshed or not params or not any(s in str(exc) for s in _PARAM_RACE_SIGNS):
-                raise
-            # Another container logged one of these keys since we read the run: refresh once;
-            # equal values are then not sent again, other values become conflicts.
-            self._known_params.update(self._client.get_run(self.run_id).data.params)
-            self._check_conflicts_locally(write)
-            self._send(write, refreshed=True)
-            return
-        self._known_params.update(params)
+    def _requests_of(self, write: Write) -> list[Write]:
+        """(Lock held.) The log-batch requests ``write`` takes: its new params, its tags and
+        metrics, within MLflow's per-request limits."""
+        chunks = batch_chunks(
+            list(self._new_params(write).items()), list(write.tags.items()), list(write.metrics)
+        )
+        return [Write(params=dict(p), tags=dict(t), metrics=m) for p, t, m in chunks]
+
+    def _send(self, write: Write, pending: list[Write]) -> None:
+        """Send the requests of ``write`` still ``pending``, then its artifact and status.
+
+        A tracking server gets up to ``requests_at_once`` of them at once: a write holds each
+        key once, so the order they land in does not matter, and a process that logs many
+        params waits for a round trip per few requests, not per request. A request that
+        arrived leaves ``pending``: a retry after another one failed does not send it again.
+        """
+        if len(pending) > 1 and self._requests_at_once > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            workers = min(len(pending), self._requests_at_once)
+            with ThreadPoolExecutor(workers, thread_name_prefix="kedro-vertex-hooks-send") as pool:
+                sent = [(request, pool.submit(self._send_request, request)) for request in pending]
+            errors = [exc for _, future in sent if (exc := future.exception()) is not None]
+            pending[:] = [request for request, future in sent if future.exception() is not None]
+            if errors:
+                raise errors[0]
+        while pending:
+            self._send_request(pending[0])
+            pending.pop(0)
         if write.artifact:
             path, folder = write.artifact
             self._client.log_artifact(self.run_id, path, folder)
         if write.status:
             self._client.set_terminated(self.run_id, write.status)
+
+    def _send_request(self, request: Write, *, refreshed: bool = False) -> None:
+        try:
+            self._client.log_values(
+                self.run_id, params=request.params, tags=request.tags, metrics=request.metrics
+            )
+        except Exception as exc:
+            if refreshed or not request.params:
+                raise
+            if not any(sign in str(exc) for sign in _PARAM_RACE_SIGNS):
+                raise
+            # Another container logged one of these keys since we read the run: refresh once;
+            # equal values are then not sent again, other values become conflicts.
+            logged = self._client.get_run(self.run_id).data.params
+            with self._lock:
+                self._known_params.update(logged)
+                self._check_conflicts_locally(request)
+                request.params = self._new_params(request)
+            self._send_request(request, refreshed=True)
+            return
+        with self._lock:
+            self._known_params.update(request.params)
 
     def _new_params(self, write: Write) -> dict[str, str]:
         return {k: v for k, v in write.params.items() if self._known_params.get(k) != v}

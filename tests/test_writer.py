@@ -17,7 +17,13 @@ from kedro_vertex_hooks.rest_client import RestTrackingClient
 from kedro_vertex_hooks.retry import TrackingUnreachableError
 from kedro_vertex_hooks.summary import collect_nodes
 from kedro_vertex_hooks.tracking_client import Metric
-from kedro_vertex_hooks.writer import START_LINGER_S, ParamConflictError, RunWriter, Write
+from kedro_vertex_hooks.writer import (
+    REQUESTS_AT_ONCE,
+    START_LINGER_S,
+    ParamConflictError,
+    RunWriter,
+    Write,
+)
 from tests.support.proxy import MlflowProxy
 
 LOG_BATCH = "POST /api/2.0/mlflow/runs/log-batch"
@@ -84,6 +90,13 @@ WRITER_OPTIONS = {
 def log_batches(proxy: MlflowProxy) -> int:
     proxy.wait_idle()
     return proxy.stats().by_endpoint.get(LOG_BATCH, 0)
+
+
+def most_log_batches_at_once(proxy: MlflowProxy) -> int:
+    """The most log-batch requests the server was working on at the same moment."""
+    proxy.wait_idle()
+    spans = [(r.started, r.started + r.seconds) for r in proxy.stats().records]
+    return max(sum(1 for start, end in spans if start <= moment < end) for moment, _ in spans)
 
 
 def test_queued_writes_go_in_few_requests(make_writer, client, proxy, run_id):
@@ -336,6 +349,55 @@ def test_a_thousand_params_and_metrics_arrive_in_ten_requests(make_writer, clien
     data = client.get_run(run_id).data
     assert data.params == params
     assert {k: v for k, v in data.metrics.items() if k.startswith("metric_")} == metrics
+
+
+def test_a_wide_write_to_a_tracking_server_sends_its_requests_at_once(
+    make_writer, client, proxy, run_id
+):
+    """1000 params take ten requests; a tracking server gets them four at a time, so a node
+    with many params waits about three round trips instead of ten."""
+    proxy.latency_s = 0.2
+    try:
+        writer = make_writer(proxy, run_id, requests_at_once=REQUESTS_AT_ONCE)
+        params = {f"param_{index:04d}": str(index) for index in range(1000)}
+        writer.submit(Write(params=dict(params), tags={STATUS: "completed"}), wait=True)
+        report = writer.close()
+    finally:
+        proxy.latency_s = 0
+    assert report.given_up == 0 and report.delivered == 1001
+    assert log_batches(proxy) == 10
+    assert most_log_batches_at_once(proxy) == REQUESTS_AT_ONCE
+    data = client.get_run(run_id).data
+    assert data.params == params
+    assert data.tags[STATUS] == "completed"
+
+
+def test_writes_queued_behind_a_slow_request_go_out_together_last_tags_winning(
+    make_writer, client, proxy, run_id
+):
+    """Fast nodes with 20 params each, in one process, while the writer waits on the server:
+    the writes that queued meanwhile fill requests that go out at once, but for the last
+    batch's, which waits for more writes to share its request; a tag that every node sets
+    (the latest node) keeps the last node's value."""
+    writer = make_writer(proxy, run_id, requests_at_once=REQUESTS_AT_ONCE)
+    proxy.slow(1.0, count=1, path_contains="runs/log-batch")
+    writer.submit(Write(tags={STATUS: "node 0"}, linger_s=0))
+    time.sleep(0.3)  # its request is on the way: the next writes queue behind it
+    for node in range(1, 16):
+        params = {f"node_{node}.p{i}": str(i) for i in range(20)}
+        writer.submit(Write(params=params, tags={STATUS: f"node {node}"}, linger_s=60))
+    deadline = time.monotonic() + 30
+    while len(client.get_run(run_id).data.params) < 200:
+        assert time.monotonic() < deadline, "the queued writes waited for their linger"
+        time.sleep(0.05)
+    assert client.get_run(run_id).data.tags[STATUS] == "node 10"
+    writer.close()
+    # the first write; nodes 1-10 (200 params, two requests at once); nodes 11-15 at the end
+    assert log_batches(proxy) == 4
+    assert most_log_batches_at_once(proxy) == 2
+    data = client.get_run(run_id).data
+    assert len(data.params) == 300
+    assert data.tags[STATUS] == "node 15"
 
 
 def test_steps_logging_the_same_new_param_at_once_all_deliver(make_writer, client, proxy, run_id):
