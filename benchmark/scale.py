@@ -255,6 +255,9 @@ def summarise_size(size: dict) -> dict:
             "seconds": _round(_median(search["seconds"]), 2),
             "params_only_mb": _mb(search.get("params_only_response_bytes")),
         },
+        "log_batch_direct": {
+            key: _round(_median(laps)) for key, laps in size.get("log_batch_direct", {}).items()
+        },
     }
 
 
@@ -438,11 +441,12 @@ def markdown(result: dict) -> str:
         "| runs/get direct (ms) | user params JSON (KB) | bookkeeping (B / node) "
         "| finalize beyond start-up (s) | finalize start-up (s) | finalize requests "
         "| finalize read (KB) | runs/search 20 runs (MB) | runs/search (s) "
-        "| runs/search, params alone (MB) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| runs/search, params alone (MB) | a step's log-batch direct: 5 params / none (ms) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         run, fin, search = r["run"], r["finalize"], r["search"]
+        writes = r.get("log_batch_direct", {})
         lines.append(
             f"| {r['nodes']} | {run['params']} | {run['tags']} | {run['metrics']} "
             f"| {_fmt(run['metric_points'])} | {_kb(run['runs_get_bytes'])} "
@@ -451,7 +455,8 @@ def markdown(result: dict) -> str:
             f"| {run['bookkeeping_per_node']} | {_fmt(fin['beyond_startup_s'])} "
             f"| {_fmt(fin['startup_wall_s'])} | {_fmt(fin['requests'])} "
             f"| {_kb(fin['bytes_read'])} | {search['mb']} | {_fmt(search['seconds'])} "
-            f"| {_fmt(search.get('params_only_mb'))} |"
+            f"| {_fmt(search.get('params_only_mb'))} "
+            f"| {_fmt(writes.get('with_params_ms'))} / {_fmt(writes.get('without_params_ms'))} |"
         )
     lines += [
         "",
@@ -479,7 +484,10 @@ def markdown(result: dict) -> str:
         f"runs/search = one search (max_results {SEARCH_RUNS}) of an experiment holding "
         f"{SEARCH_RUNS} such runs (the repeats' runs and copies of the last one), wire bytes; "
         f"params alone = the same search of {SEARCH_RUNS} runs holding only the last run's "
-        "params (what any tool's runs list of these pipelines weighs).",
+        "params (what any tool's runs list of these pipelines weighs); a step's log-batch direct "
+        "= the write of a middle step (5 new params and a metric), straight to the server into "
+        "the run, median of 9, and the same write without params: the server's cost of a "
+        "step's params grows with the run's.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -597,6 +605,27 @@ class ScaleBench:
         figures.update(run_json_figures(json.loads(body)))
         self.proxy.reset_stats()
         return figures
+
+    def time_log_batches(self, run_id: str, laps: int = 9) -> dict[str, list[float]]:
+        """A step's write straight to the server, into the filled run (after everything else
+        was measured): with 5 new params, which MLflow's SQL store logs after loading every
+        param of the run, and the same write without params, in turns."""
+        import requests
+
+        url = self.server.uri + "/api/2.0/mlflow/runs/log-batch"
+        laps_ms: dict[str, list[float]] = {"with_params_ms": [], "without_params_ms": []}
+        with requests.Session() as http:
+            for lap in range(laps):
+                metrics = [{"key": "benchmark.probe", "value": 1.0, "timestamp": 0, "step": lap}]
+                params = [
+                    {"key": f"probe_{lap}.p{i}", "value": "1"} for i in range(PARAMS_PER_NODE)
+                ]
+                for key, sent in (("with_params_ms", params), ("without_params_ms", [])):
+                    body = {"run_id": run_id, "params": sent, "metrics": metrics, "tags": []}
+                    laps_ms[key].append(
+                        _timed_ms(lambda b=body: http.post(url, json=b, timeout=30))
+                    )
+        return laps_ms
 
     def search(self, experiment_id: str, laps: int = 3) -> dict[str, Any]:
         """runs/search (max_results 20) of the experiment through the proxy."""
@@ -721,6 +750,7 @@ class ScaleBench:
             f"{copies['copy_s']} s; runs/search {max(search['response_bytes']) / 1e6:.2f} MB "
             f"(params alone {max(search['params_only_response_bytes']) / 1e6:.2f} MB)"
         )
+        writes = self.time_log_batches(run_id)
         self.close()
         return {
             "nodes": nodes,
@@ -732,6 +762,7 @@ class ScaleBench:
             "run": run,
             "copies": copies,
             "search": search,
+            "log_batch_direct": writes,
         }
 
 

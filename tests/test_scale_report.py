@@ -163,6 +163,14 @@ def test_a_steps_log_batch_server_time_is_what_its_log_batches_took_beyond_a_bar
     assert summarise_size(size(50))["steps"]["mid"]["log_batch_server_ms"] is None
 
 
+def test_the_direct_log_batch_figures_are_medians_and_absent_from_older_results():
+    sized = size(1000)
+    sized["log_batch_direct"] = {"with_params_ms": [60.0, 55.0, 90.0], "without_params_ms": [9.0]}
+    row = summarise_size(sized)
+    assert row["log_batch_direct"] == {"with_params_ms": 60.0, "without_params_ms": 9.0}
+    assert summarise_size(size(50))["log_batch_direct"] == {}
+
+
 def test_targets_judge_time_against_the_bare_round_trip_and_bytes_at_1000_nodes():
     rows = [summarise_size(size(50)), summarise_size(size(1000, mid_read=70 * KB))]
     targets = targets_of(rows)
@@ -232,6 +240,17 @@ def test_report_writes_the_json_and_a_table_with_one_result_per_target(tmp_path:
     assert "| 1.05 | 1.0 | 50.0 (50 .. 300) | 20.0 (20 .. 20) |" in text
     # N=300 was not run: its finalize target says so instead of passing or failing
     assert "| finalize beyond start-up (s) <= 2 | 300 | - | 2.0 | not run |" in text
+    # every row of every table has its header's columns
+    tables: list[list[str]] = []
+    for line in text.splitlines():
+        if line.startswith("|"):
+            if not tables or tables[-1] == []:
+                tables.append([])
+            tables[-1].append(line)
+        elif tables and tables[-1]:
+            tables.append([])
+    for table in filter(None, tables):
+        assert {line.count("|") for line in table} == {table[0].count("|")}, table[0]
 
 
 def test_each_tracked_step_is_paired_with_the_untracked_one_of_its_own_pair():
