@@ -324,7 +324,7 @@ class Bench:
     def in_process(self) -> dict[str, list[int]]:
         params: dict[str, list[int]] = {}
         for repeat in range(self.args.repeats):
-            for contender in self.args.contenders:
+            for contender in next_to_baseline(self.args.contenders, repeat):
                 sample = self.kedro_run(contender, "in-process", repeat, [], node_names())
                 print(
                     f"  in-process #{repeat + 1} {contender}: {sample.wall_s:.2f} s, "
@@ -341,8 +341,8 @@ class Bench:
         params: dict[str, list[int]] = {}
         for repeat in range(self.args.node_repeats):
             run_ids = {c: self.new_run() for c in self.args.contenders if c != BASELINE}
-            for name in sample_nodes:
-                for contender in self.args.contenders:
+            for index, name in enumerate(sample_nodes):
+                for contender in next_to_baseline(self.args.contenders, repeat + index):
                     sample = self.kedro_run(
                         contender,
                         "per-node",
@@ -539,6 +539,15 @@ def _sample(
 
 
 # -- analysis -------------------------------------------------------------------------------
+def next_to_baseline(contenders: list[str], turn: int) -> list[str]:
+    """The order of one turn's runs: the baseline between the tracked contenders, so that each
+    is paired with an untracked run right next to it (not 50 s of kedro-mlflow away), and
+    reversed every other turn."""
+    tracked = [c for c in contenders if c != BASELINE]
+    order = [*tracked[:1], BASELINE, *tracked[1:]] if BASELINE in contenders else tracked
+    return order if turn % 2 == 0 else order[::-1]
+
+
 def summarise(
     samples: list[Sample], contenders: list[str], client_import_s: dict[str, float]
 ) -> list[dict]:
@@ -833,7 +842,7 @@ def _fmt(value: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Tracking overhead: ours vs kedro-mlflow.")
-    parser.add_argument("--repeats", type=int, default=2, help="in-process runs per contender")
+    parser.add_argument("--repeats", type=int, default=3, help="in-process runs per contender")
     parser.add_argument("--node-repeats", type=int, default=2, help="per-node sample repeats")
     parser.add_argument("--sample", type=int, default=8, help="nodes run one per process")
     parser.add_argument("--latency-ms", type=float, default=25.0)

@@ -6,7 +6,7 @@ must follow from the samples in the committed JSON.
 
 from __future__ import annotations
 
-from benchmark.run import Sample, check_targets, markdown, summarise
+from benchmark.run import Sample, check_targets, markdown, next_to_baseline, summarise
 
 LATENCY_MS = 25.0
 CONTENDERS = ["none", "kedro_mlflow", "ours"]
@@ -102,3 +102,12 @@ def test_the_table_names_the_mlflow_yml_both_contenders_read():
 
     assert "**mlflow.yml: `init`**" in text and "kedro mlflow init" in text
     assert "| per-node | ours |" in text
+
+
+def test_every_tracked_run_has_the_untracked_run_of_its_turn_right_next_to_it():
+    contenders = ["none", "kedro_mlflow", "ours"]
+    assert next_to_baseline(contenders, 0) == ["kedro_mlflow", "none", "ours"]
+    assert next_to_baseline(contenders, 1) == ["ours", "none", "kedro_mlflow"]
+    assert next_to_baseline(["none", "ours"], 0) == ["ours", "none"]
+    assert next_to_baseline(["none", "ours"], 1) == ["none", "ours"]
+    assert next_to_baseline(["ours"], 0) == ["ours"]
