@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from kedro_vertex_hooks.batching import START_LINGER_S, Write, requests_at_once
 from kedro_vertex_hooks.config import HookOptions, ProjectConfig, as_plain
 from kedro_vertex_hooks.connection import connect
 from kedro_vertex_hooks.datasets import artifact_destinations, metric_values
@@ -62,7 +63,7 @@ from kedro_vertex_hooks.retry import (
 from kedro_vertex_hooks.status import step_end_status, step_start_status, was_ended_early
 from kedro_vertex_hooks.tracking_client import Metric
 from kedro_vertex_hooks.worker_spec import SESSION_ENV, SessionSpec, in_worker_process
-from kedro_vertex_hooks.writer import START_LINGER_S, RunWriter, Write, requests_at_once
+from kedro_vertex_hooks.writer import RunWriter
 
 if TYPE_CHECKING:
     from concurrent.futures import Future

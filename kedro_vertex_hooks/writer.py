@@ -20,6 +20,14 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 import msgspec
 
+from kedro_vertex_hooks.batching import (
+    Load,
+    Write,
+    deadline_of,
+    last_batch_start,
+    requests_of,
+    shares_a_request,
+)
 from kedro_vertex_hooks.errors import UserError
 from kedro_vertex_hooks.naming import (
     MAX_TAG_VALUE_LENGTH,
@@ -28,11 +36,6 @@ from kedro_vertex_hooks.naming import (
     trim,
 )
 from kedro_vertex_hooks.records import Outcomes, read_outcomes
-from kedro_vertex_hooks.rest_client import (
-    MAX_ENTITIES_PER_BATCH,
-    MAX_PARAMS_TAGS_PER_BATCH,
-    batch_chunks,
-)
 from kedro_vertex_hooks.retry import (
     OutageClock,
     TrackingError,
@@ -45,7 +48,7 @@ from kedro_vertex_hooks.retry import (
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
-    from kedro_vertex_hooks.tracking_client import Metric, TrackingClient
+    from kedro_vertex_hooks.tracking_client import TrackingClient
 
 logger = logging.getLogger(__name__)
 
@@ -58,53 +61,6 @@ _PARAM_RACE_SIGNS = (
     "duplicate key value violates unique constraint",
 )
 T = TypeVar("T")
-LINGER_S = 0.02  # how long the background thread waits for more writes before sending
-# A node's start waits up to this long for its end, so that a short node's step sends one
-# request for both; a longer node's start is still in the run within a second.
-START_LINGER_S = 1.0
-# A write's requests sent at once to a tracking server: a process logging many params (fast
-# nodes in one process, a node with 1000 params) waits a round trip per few requests.
-REQUESTS_AT_ONCE = 4
-
-
-def requests_at_once(tracking_uri: str) -> int:
-    """A tracking server takes a write's requests at once; a local store (one database file,
-    no round trip to hide) takes them one by one."""
-    return REQUESTS_AT_ONCE if tracking_uri.startswith(("http://", "https://")) else 1
-
-
-def _deadline(item: Write | threading.Event | None) -> float:
-    """When the batch that ``item`` joins must be sent, at the latest."""
-    return time.monotonic() + (item.linger_s if isinstance(item, Write) else 0.0)
-
-
-class _Load(msgspec.Struct):
-    """What a batch carries, counted as MLflow's per-request limits count it."""
-
-    params: int = 0
-    tags: int = 0
-    values: int = 0
-
-    def plus(self, write: Write) -> _Load:
-        return _Load(
-            self.params + len(write.params), self.tags + len(write.tags), self.values + write.size()
-        )
-
-    def requests(self) -> int:
-        """``log-batch`` requests it takes (see ``rest_client.batch_chunks``)."""
-        return max(
-            -(-self.params // MAX_PARAMS_TAGS_PER_BATCH),
-            -(-self.tags // MAX_PARAMS_TAGS_PER_BATCH),
-            -(-self.values // MAX_ENTITIES_PER_BATCH),
-        )
-
-
-def _shares_a_request(batch: _Load, write: Write) -> bool:
-    """Whether ``write`` sent with the batch takes fewer requests than sent after it. When it
-    does not, the batch's requests are full: lingering for more would only queue requests
-    for the step's end (many fast nodes with many params each, in one process)."""
-    alone = _Load().plus(write).requests()
-    return batch.plus(write).requests() < batch.requests() + alone
 
 
 def in_background(action: Callable[[], T], name: str) -> Future[T]:
@@ -125,49 +81,6 @@ def in_background(action: Callable[[], T], name: str) -> Future[T]:
 
 class ParamConflictError(UserError):
     """A parameter already logged in the run with another value (``on_param_conflict="fail"``)."""
-
-
-def _last_batch_start(writes: list[Write]) -> int:
-    """Where the last of the batches that ``writes`` make in turn starts: a write that would
-    not share a request with the batch before it starts the next one."""
-    start, load = 0, _Load()
-    for index, write in enumerate(writes):
-        if index and not _shares_a_request(load, write):
-            start, load = index, _Load()
-        load = load.plus(write)
-    return start
-
-
-class Write(msgspec.Struct):
-    """One unit of work for the run: data to log, then optionally a status or an artifact."""
-
-    params: dict[str, str] = msgspec.field(default_factory=dict)
-    tags: dict[str, str] = msgspec.field(default_factory=dict)
-    metrics: list[Metric] = msgspec.field(default_factory=list)
-    status: str | None = None
-    artifact: tuple[str, str | None] | None = None  # (local path, artifact folder)
-    linger_s: float = LINGER_S  # how long it may wait in the queue for the next write
-
-    def is_empty(self) -> bool:
-        return not (self.params or self.tags or self.metrics or self.status or self.artifact)
-
-    def size(self) -> int:
-        """How many values this write carries (params, tags, metrics, status, artifact)."""
-        return len(self.names())
-
-    def names(self) -> list[str]:
-        """What this write carries, by name, for a report of what was not delivered."""
-        names = [*self.params, *self.tags, *(metric.key for metric in self.metrics)]
-        if self.status is not None:
-            names.append(f"run status {self.status}")
-        if self.artifact is not None:
-            names.append(f"artifact {self.artifact[0]}")
-        return names
-
-    def merge(self, other: Write) -> None:
-        self.params.update(other.params)
-        self.tags.update(other.tags)
-        self.metrics.extend(other.metrics)
 
 
 class DeliveryReport(msgspec.Struct):
@@ -341,7 +254,7 @@ class RunWriter:
                     break
             if isinstance(items[-1], Write):
                 writes = [item for item in items if isinstance(item, Write)]
-                start = _last_batch_start(writes)
+                start = last_batch_start(writes)
                 if start:
                     items, carried = items[:start], writes[start:]
                 else:
@@ -359,8 +272,8 @@ class RunWriter:
         one node and the start of the next) join ``items`` to share their requests: each
         write waits at most its own linger; a flush or the stop ends the wait, and so does a
         write that would not share a request (returned, to start the next batch)."""
-        deadline = min(_deadline(item) for item in items)
-        load = _Load()
+        deadline = min(deadline_of(item) for item in items)
+        load = Load()
         for item in items:
             load = load.plus(item) if isinstance(item, Write) else load
         while isinstance(items[-1], Write):
@@ -368,11 +281,11 @@ class RunWriter:
                 item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
-            if isinstance(item, Write) and not _shares_a_request(load, item):
+            if isinstance(item, Write) and not shares_a_request(load, item):
                 return [item]
             items.append(item)
             load = load.plus(item) if isinstance(item, Write) else load
-            deadline = min(deadline, _deadline(item))
+            deadline = min(deadline, deadline_of(item))
         return []
 
     def _send_items(self, items: list[Write | threading.Event | None]) -> bool:
@@ -425,7 +338,7 @@ class RunWriter:
         # to hold yet. Anything else (a status set alongside the last record) need not wait.
         with self._params_lock if write.params else contextlib.nullcontext():
             with self._lock:
-                pending = self._requests_of(write)
+                pending = requests_of(write, self._new_params(write))
             _, late = self._call(lambda: self._send(write, pending), f"MLflow run {self.run_id}")
         with self._lock:
             self.report.delivered += size
@@ -443,14 +356,6 @@ class RunWriter:
                 f"{what}: the tracking server {self._clock.exhausted()}: {short_error(exc)}"
             ) from None
 
-    def _requests_of(self, write: Write) -> list[Write]:
-        """(Lock held.) The log-batch requests ``write`` takes: its new params, its tags and
-        metrics, within MLflow's per-request limits."""
-        chunks = batch_chunks(
-            list(self._new_params(write).items()), list(write.tags.items()), list(write.metrics)
-        )
-        return [Write(params=dict(p), tags=dict(t), metrics=m) for p, t, m in chunks]
-
     def _send(self, write: Write, pending: list[Write]) -> None:
         """Send the requests of ``write`` still ``pending``, then its artifact and status.
 
@@ -465,10 +370,10 @@ class RunWriter:
             workers = min(len(pending), self._requests_at_once)
             with ThreadPoolExecutor(workers, thread_name_prefix="kedro-vertex-hooks-send") as pool:
                 sent = [(request, pool.submit(self._send_request, request)) for request in pending]
-            errors = [exc for _, future in sent if (exc := future.exception()) is not None]
-            pending[:] = [request for request, future in sent if future.exception() is not None]
-            if errors:
-                raise errors[0]
+            failed = [(request, exc) for request, f in sent if (exc := f.exception()) is not None]
+            pending[:] = [request for request, _ in failed]
+            if failed:
+                raise failed[0][1]
         while pending:
             self._send_request(pending[0])
             pending.pop(0)

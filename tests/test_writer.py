@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from kedro_vertex_hooks.batching import REQUESTS_AT_ONCE, START_LINGER_S, Write
 from kedro_vertex_hooks.mlflow_client import MlflowTrackingClient
 from kedro_vertex_hooks.naming import TAG_PARAM_CONFLICT, node_key
 from kedro_vertex_hooks.records import end_points, start_points
@@ -17,13 +18,7 @@ from kedro_vertex_hooks.rest_client import RestTrackingClient
 from kedro_vertex_hooks.retry import TrackingUnreachableError
 from kedro_vertex_hooks.summary import collect_nodes
 from kedro_vertex_hooks.tracking_client import Metric
-from kedro_vertex_hooks.writer import (
-    REQUESTS_AT_ONCE,
-    START_LINGER_S,
-    ParamConflictError,
-    RunWriter,
-    Write,
-)
+from kedro_vertex_hooks.writer import ParamConflictError, RunWriter
 from tests.support.proxy import MlflowProxy
 
 LOG_BATCH = "POST /api/2.0/mlflow/runs/log-batch"
