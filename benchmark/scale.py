@@ -1,6 +1,6 @@
 """Scale benchmark: what one node step costs as the shared run grows to 50, 300, 1000 nodes.
 
-    python benchmark/scale.py                 # N = 50, 300, 1000: 8-10 minutes on 2 cores
+    python benchmark/scale.py                 # N = 50, 300, 1000: 10-12 minutes on 2 cores
     python benchmark/scale.py --sizes 50      # or --quick: N = 50, 2 repeats
 
 For each N, on a fresh ``mlflow server`` (sqlite, ``--workers 1``) behind the loopback proxy of
@@ -19,8 +19,10 @@ For each N, on a fresh ``mlflow server`` (sqlite, ``--workers 1``) behind the lo
    ``MLFLOW_RUN_ID``; then, as separate processes, ``kedro run --nodes M`` (a step that
    cannot finish the pipeline) and ``kedro run --nodes join`` (the one that finishes it),
    each next to the same step untracked (the middle step ``--mid-pairs`` times: re-running
-   it writes the same record again, while a second last step would find the run finished
-   and take another path); then ``kedro vertex-hooks finalize`` on that run
+   it writes the same record again; the last step ``--last-pairs`` times, the run's status
+   set back to RUNNING straight on the server before each pair after the first, so that
+   every last step finds the run as the first did); then ``kedro vertex-hooks finalize`` on
+   that run
    and on a fresh empty run (the command's start-up);
 4. on the last run: ``runs/get`` (size, time; bookkeeping = its JSON without
    ``data.params``), then copies of it until the experiment holds 20 such runs, and
@@ -58,6 +60,7 @@ sys.path.insert(0, str(BENCHMARK_DIR))
 
 from generate_project import EXPERIMENT, fan_out, generate_project, node_names  # noqa: E402
 
+from benchmark.paired import median_interval, verdict  # noqa: E402
 from benchmark.run import (  # noqa: E402
     STEP_SLACK_MS,
     base_environment,
@@ -186,8 +189,8 @@ def summarise_size(size: dict) -> dict:
     """One row of figures for one N from its raw processes and measurements.
 
     Requests and bytes: the largest over repeats (they hardly vary); times: medians; extra
-    wall / CPU: median and quartiles over the pairs of (tracked - untracked) for the same
-    step; finalize
+    wall / CPU: median over the pairs of (tracked - untracked) for the same step, and the 95 %
+    confidence interval of that median; finalize
     beyond start-up: median of (finalize of the filled run - finalize of an empty run).
     """
     processes = size["processes"]
@@ -212,8 +215,8 @@ def summarise_size(size: dict) -> dict:
             "log_batch_server_ms": _round(
                 _median([m for p in tracked if (m := log_batch_server_ms(p, bare_ms)) is not None])
             ),
-            "extra_wall_quartiles_ms": _quartiles_ms(extra_wall),
-            "extra_cpu_quartiles_ms": _quartiles_ms(extra_cpu),
+            "extra_wall_interval_ms": _interval_ms(extra_wall),
+            "extra_cpu_interval_ms": _interval_ms(extra_cpu),
             "pairs": len(extra_wall),
         }
     full, empty = of("finalize", True), of("finalize-empty", True)
@@ -271,15 +274,11 @@ def log_batch_server_ms(process: dict, bare_ms: float | None) -> float | None:
     return sum(max(0.0, entry[4] - bare_ms) for entry in writes)
 
 
-def _quartiles_ms(seconds: Sequence[float]) -> list[float] | None:
-    """The first and third quartiles of paired differences, in ms: the noise a median hides
-    (the middle half of the pairs lies between them)."""
+def _interval_ms(seconds: Sequence[float]) -> list[float] | None:
+    """The 95 % confidence interval of the median of paired differences, in ms."""
     if not seconds:
         return None
-    if len(seconds) == 1:
-        return [round(seconds[0] * 1000, 1)] * 2
-    low, _, high = statistics.quantiles(seconds, n=4, method="inclusive")
-    return [round(low * 1000, 1), round(high * 1000, 1)]
+    return [round(bound * 1000, 1) for bound in median_interval(seconds)]
 
 
 def _mb(sizes: list[int] | None) -> float | None:
@@ -294,10 +293,10 @@ def check_targets(rows: list[dict]) -> list[dict]:
     """The issue's targets: one entry per (target, N) with the figure that decides it.
 
     ``met`` is None when the figure is missing (that N was not run). A time figure is the
-    median of paired differences; its target is met only when the third quartile is within
-    the limit, failed when the first quartile is over it, and ``"undecided"`` when they
-    straddle it: the machine's noise (tens of ms on a step, hundreds on steps of seconds)
-    is then larger than the distance to the limit."""
+    median of paired differences, judged by its confidence interval (``paired.verdict``):
+    met when the interval is within the limit, failed when it is all over it, and
+    ``"undecided"`` when it straddles it: the machine's noise (tens of ms on a step, hundreds
+    on steps of seconds) is then larger than the distance to the limit."""
     targets: list[dict] = []
     by_n = {r["nodes"]: r for r in rows}
 
@@ -306,10 +305,7 @@ def check_targets(rows: list[dict]) -> list[dict]:
     ) -> None:
         met: bool | str | None = None
         if figure is not None and limit is not None:
-            met = figure <= limit
-            if spread is not None:
-                low, high = spread
-                met = True if high <= limit else False if low > limit else "undecided"
+            met = figure <= limit if spread is None else verdict(tuple(spread), limit)
         targets.append(
             {"target": name, "nodes": n, "figure": figure, "limit": limit, "met": met,
              "spread": spread}
@@ -332,14 +328,14 @@ def check_targets(rows: list[dict]) -> list[dict]:
                 n,
                 step["extra_wall_ms"],
                 None if round_trip is None else round(round_trip + STEP_SLACK_MS, 1),
-                step.get("extra_wall_quartiles_ms"),
+                step.get("extra_wall_interval_ms"),
             )
             target(
                 f"{kind} step: extra CPU (ms) <= {STEP_CPU_LIMIT_MS:.0f}",
                 n,
                 step["extra_cpu_ms"],
                 STEP_CPU_LIMIT_MS,
-                step.get("extra_cpu_quartiles_ms"),
+                step.get("extra_cpu_interval_ms"),
             )
     big = by_n.get(TARGET_N)
     target(
@@ -392,7 +388,7 @@ def _kb(value: int | None) -> str:
 def _met(target: dict) -> str:
     if target["met"] == "undecided":
         low, high = target["spread"]
-        return f"undecided: quartiles {low:g} .. {high:g}"
+        return f"undecided: 95 % CI {low:g} .. {high:g}"
     return {True: "pass", False: "**FAIL**", None: "not run"}[target["met"]]
 
 
@@ -412,10 +408,13 @@ def markdown(result: dict) -> str:
         f"{cfg['repeats']} repeats per N: each a fresh run filled by one tracked in-process "
         "`kedro run --nodes <all but M and join>`, then the two steps below as separate "
         "processes with `MLFLOW_RUN_ID`, each next to the same step untracked "
-        f"({cfg.get('mid_pairs', 1)} pair(s) of the middle step per repeat, one of the last).",
+        f"({cfg.get('mid_pairs', 1)} pair(s) of the middle step per repeat, "
+        f"{cfg.get('last_pairs', 1)} of the last, the run set back to RUNNING before each "
+        "after the first).",
         "",
         "Steps (requests and bytes through the proxy, largest over repeats; extra = median "
-        "over the pairs of tracked - untracked for the same step, then its quartiles):",
+        "over the pairs of tracked - untracked for the same step, then the 95 % confidence "
+        "interval of that median):",
         "",
         "| N | step | requests | read (KB) | written (KB) | wall (s) | untracked wall (s) "
         "| extra wall (ms) | extra CPU (ms) | log-batch beyond a bare round trip (ms) |",
@@ -428,8 +427,8 @@ def markdown(result: dict) -> str:
                 f"| {r['nodes']} | {STEP_WORDS[kind]} | {_fmt(s['requests'])} "
                 f"| {_kb(s['bytes_read'])} | {_kb(s['bytes_written'])} | {_fmt(s['wall_s'])} "
                 f"| {_fmt(s['untracked_wall_s'])} "
-                f"| {_spread(s['extra_wall_ms'], s.get('extra_wall_quartiles_ms'))} "
-                f"| {_spread(s['extra_cpu_ms'], s.get('extra_cpu_quartiles_ms'))} "
+                f"| {_spread(s['extra_wall_ms'], s.get('extra_wall_interval_ms'))} "
+                f"| {_spread(s['extra_cpu_ms'], s.get('extra_cpu_interval_ms'))} "
                 f"| {_fmt(s.get('log_batch_server_ms'))} |"
             )
     lines += [
@@ -716,9 +715,12 @@ class ScaleBench:
             processes.append(filled)
             after_fill.append(self.inspect_run(run_id, laps=0))
             line = [f"  #{repeat + 1} fill {filled.wall_s:.1f} s ({filled.requests} requests)"]
-            for kind, node, pairs in (("mid", mid, self.args.mid_pairs), ("last", "join", 1)):
+            steps = (("mid", mid, self.args.mid_pairs), ("last", "join", self.args.last_pairs))
+            for kind, node, pairs in steps:
                 args = ["run", "--nodes", node]
                 for pair in range(pairs):
+                    if kind == "last" and pair:
+                        client.update_run(run_id, status="RUNNING")  # as the first found it
                     # untracked first, then tracked first, in turns
                     order = [("none", None), ("ours", run_id)][:: -1 if (repeat + pair) % 2 else 1]
                     done = {c: self.kedro(c, kind, nodes, args, repeat, r, pair) for c, r in order}
@@ -816,7 +818,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="N = 50 only, 2 repeats")
     parser.add_argument("--repeats", type=int, default=3, help="runs (fill + steps) per N")
     parser.add_argument(
-        "--mid-pairs", type=int, default=3, help="middle-step pairs (tracked, untracked) per repeat"
+        "--mid-pairs", type=int, default=4, help="middle-step pairs (tracked, untracked) per repeat"
+    )
+    parser.add_argument(
+        "--last-pairs", type=int, default=2, help="last-step pairs (tracked, untracked) per repeat"
     )
     parser.add_argument("--latency-ms", type=float, default=25.0)
     parser.add_argument("--workdir", default=str(BENCHMARK_DIR / "results" / "scale-work"))
@@ -832,8 +837,8 @@ def main() -> None:
         args.repeats = min(args.repeats, 2)
     if any(n < 3 for n in sizes) or args.repeats < 1 or args.repeats > SEARCH_RUNS:
         parser.error("sizes must be >= 3 and repeats between 1 and 20")
-    if args.mid_pairs < 1:
-        parser.error("--mid-pairs must be >= 1")
+    if args.mid_pairs < 1 or args.last_pairs < 1:
+        parser.error("--mid-pairs and --last-pairs must be >= 1")
 
     command = ("python benchmark/scale.py " + " ".join(sys.argv[1:])).strip()
     load_before = os.getloadavg()[0]
@@ -855,6 +860,7 @@ def main() -> None:
             "params_per_node": PARAMS_PER_NODE,
             "repeats": args.repeats,
             "mid_pairs": args.mid_pairs,
+            "last_pairs": args.last_pairs,
             "latency_ms": args.latency_ms,
         },
         "machine": {
