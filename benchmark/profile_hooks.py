@@ -36,6 +36,7 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 from generate_project import PACKAGE, generate_project  # noqa: E402
+from paired import median_interval  # noqa: E402
 from run import (  # noqa: E402
     BASELINE,
     BENCHMARK_DIR,
@@ -109,11 +110,11 @@ def cpu_samples(command: list[str], projects: dict, env: dict, repeats: int, pro
 
 
 def paired_difference(after: list[float], before: list[float]) -> tuple[float, float, float]:
-    """Median and quartiles of ``after[i] - before[i]``: samples taken together, so a slow
-    minute of the machine raises both of a pair and cancels out of their difference."""
+    """Median of ``after[i] - before[i]`` and its 95 % confidence interval: samples taken
+    together, so a slow minute of the machine raises both of a pair and cancels out of their
+    difference."""
     differences = [a - b for a, b in zip(after, before, strict=True)]
-    lower, _, upper = statistics.quantiles(differences, n=4)
-    return statistics.median(differences), lower, upper
+    return statistics.median(differences), *median_interval(differences)
 
 
 def stage_costs(samples: Mapping[str, list[float]], stages: list[str]) -> list[dict]:
@@ -258,7 +259,7 @@ def main() -> None:
         print(f"\nCPU of the step by stage (user + system, {args.repeats} runs each, in turns):")
         print(
             "\n| stage | least (ms) | median (ms) | added: median of paired differences (ms) "
-            "| quartiles (ms) |\n|---|---:|---:|---:|---|"
+            "| 95 % CI of that median (ms) |\n|---|---:|---:|---:|---|"
         )
         labels = dict(STAGES)
         for row in stage_costs(cpu, list(labels)):
@@ -267,7 +268,7 @@ def main() -> None:
             print(f"| {label} | {least:.0f} | {median:.0f} | {added} |")
         print(
             "\n**Tracking adds {:.0f} ms** to the step (median of the paired differences tracked "
-            "- untracked; quartiles {:.0f} .. {:.0f} ms).".format(
+            "- untracked; 95 % CI of the median {:.0f} .. {:.0f} ms).".format(
                 *paired_difference(cpu["tracked"], cpu["untracked"])
             )
         )
