@@ -3,7 +3,8 @@
     python benchmark/scale.py                 # N = 50, 300, 1000: 10-12 minutes on 2 cores
     python benchmark/scale.py --sizes 50      # or --quick: N = 50, 2 repeats
 
-For each N, on a fresh ``mlflow server`` (sqlite, ``--workers 1``) behind the loopback proxy of
+For each N, on a fresh ``mlflow server`` (sqlite, or PostgreSQL with ``--backend postgres``;
+``--workers 1``) behind the loopback proxy of
 ``tests/support/proxy.py`` (25 ms per request, counts requests and bytes per process):
 
 1. generates the project of ``benchmark/generate_project.py`` in the ``fan_out(N)`` layout
@@ -69,6 +70,7 @@ from benchmark.run import (  # noqa: E402
     run_measured,
 )
 from tests.support.mlflow_server import MlflowServer  # noqa: E402
+from tests.support.postgres import PostgresCluster  # noqa: E402
 from tests.support.proxy import MlflowProxy, TrafficStats  # noqa: E402
 
 DEFAULT_SIZES = (50, 300, 1000)
@@ -85,6 +87,11 @@ ENV_REQUIREMENTS = {
 }
 JSON_PATH = BENCHMARK_DIR / "results" / "scale.json"
 LATEST_MD = BENCHMARK_DIR / "LATEST-scale.md"
+BACKEND_WORDS = {
+    "sqlite": "the MLflow server on sqlite",
+    "postgres": "the MLflow server on PostgreSQL 15 (production's store; a fresh cluster per N, "
+    "fsync off)",
+}
 RUNS_GET = "/api/2.0/mlflow/runs/get"
 RUNS_SEARCH = "/api/2.0/mlflow/runs/search"
 LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
@@ -403,7 +410,8 @@ def markdown(result: dict) -> str:
         "",
         f"`{cfg['command']}` on {machine['when']} ({machine['cpus']} CPUs, load "
         f"{machine['load_before']}; kedro_vertex_hooks at {machine['kedro_vertex_hooks']}); "
-        f"took {machine['seconds']} s. Proxy latency {cfg['latency_ms']} ms per request; "
+        f"took {machine['seconds']} s; {BACKEND_WORDS[cfg.get('backend', 'sqlite')]}. "
+        f"Proxy latency {cfg['latency_ms']} ms per request; "
         f"bare round trip measured (GET /health through the proxy, median): {latencies}. "
         f"{cfg['repeats']} repeats per N: each a fresh run filled by one tracked in-process "
         "`kedro run --nodes <all but M and join>`, then the two steps below as separate "
@@ -491,6 +499,16 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def outputs(backend: str) -> tuple[Path, Path]:
+    """Where a run's markdown and JSON go: sqlite's are the headline files."""
+    if backend == "sqlite":
+        return LATEST_MD, JSON_PATH
+    return (
+        BENCHMARK_DIR / f"LATEST-scale-{backend}.md",
+        BENCHMARK_DIR / "results" / f"scale-{backend}.json",
+    )
+
+
 def report(result: dict, latest_md: Path = LATEST_MD, json_path: Path = JSON_PATH) -> str:
     """Rows and targets from the raw figures; write the JSON and the markdown; return it."""
     result["rows"] = [summarise_size(size) for size in result["sizes"]]
@@ -513,6 +531,7 @@ class ScaleBench:
         self.installed: dict[str, list[str]] = {}
         self.server: MlflowServer | None = None
         self.proxy: MlflowProxy | None = None
+        self.postgres: PostgresCluster | None = None
         self.projects: dict[str, Path] = {}
         self.log_count = 0
 
@@ -537,6 +556,18 @@ class ScaleBench:
         if self.server is not None:
             self.server.stop()
             self.server = None
+        if self.postgres is not None:
+            self.postgres.stop()
+            self.postgres = None
+
+    def start_server(self, root: Path) -> MlflowServer:
+        """A fresh ``mlflow server`` on sqlite, or on a fresh PostgreSQL cluster (production's
+        store: ``--backend postgres``)."""
+        backend_store_uri = None
+        if self.args.backend == "postgres":
+            self.postgres = PostgresCluster().start()
+            backend_store_uri = self.postgres.sqlalchemy_uri
+        return MlflowServer(root / "server", backend_store_uri=backend_store_uri).start()
 
     def kedro(
         self,
@@ -690,7 +721,7 @@ class ScaleBench:
         fill = [name for name in names if name not in (mid, "join")]
         root = self.work / f"n{nodes}"
         print(f"N={nodes}: starting MLflow server and proxy ({self.args.latency_ms} ms)...")
-        self.server = MlflowServer(root / "server").start()
+        self.server = self.start_server(root)
         self.proxy = MlflowProxy(self.server.uri, latency_s=self.args.latency_ms / 1000).start()
         for contender in ("none", "ours"):
             self.projects[contender] = generate_project(
@@ -824,13 +855,21 @@ def main() -> None:
         "--last-pairs", type=int, default=2, help="last-step pairs (tracked, untracked) per repeat"
     )
     parser.add_argument("--latency-ms", type=float, default=25.0)
+    parser.add_argument(
+        "--backend",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="the MLflow server's store: sqlite, or PostgreSQL as in production "
+        "(LATEST-scale-postgres.md, results/scale-postgres.json)",
+    )
     parser.add_argument("--workdir", default=str(BENCHMARK_DIR / "results" / "scale-work"))
     parser.add_argument(
         "--report-only", metavar="JSON", help="only redo the tables from a results JSON file"
     )
     args = parser.parse_args()
     if args.report_only:
-        print(report(json.loads(Path(args.report_only).read_text())))
+        result = json.loads(Path(args.report_only).read_text())
+        print(report(result, *outputs(result["config"].get("backend", "sqlite"))))
         return
     sizes = [50] if args.quick else [int(s) for s in args.sizes.split(",") if s.strip()]
     if args.quick:
@@ -861,6 +900,7 @@ def main() -> None:
             "repeats": args.repeats,
             "mid_pairs": args.mid_pairs,
             "last_pairs": args.last_pairs,
+            "backend": args.backend,
             "latency_ms": args.latency_ms,
         },
         "machine": {
@@ -876,8 +916,9 @@ def main() -> None:
         "sizes": measured,
     }
     print()
-    print(report(result))
-    print(f"Took {result['machine']['seconds']} s. JSON (commit it with the table): {JSON_PATH}")
+    latest_md, json_path = outputs(args.backend)
+    print(report(result, latest_md, json_path))
+    print(f"Took {result['machine']['seconds']} s. JSON (commit it with the table): {json_path}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from benchmark.scale import (
     check_targets,
     log_batch_server_ms,
     markdown,
+    outputs,
     report,
     run_json_figures,
     summarise_size,
@@ -266,3 +267,19 @@ def test_each_tracked_step_is_paired_with_the_untracked_one_of_its_own_pair():
     assert mid["pairs"] == 4
     assert mid["extra_wall_ms"] == 50.0  # median of 40, 50, 50, 550 (paired wrongly: 45)
     assert mid["extra_wall_interval_ms"] == [40.0, 550.0]
+
+
+def test_a_postgres_run_has_its_own_files_and_its_table_names_the_store(tmp_path: Path):
+    latest_md, json_path = outputs("postgres")
+    assert (latest_md.name, json_path.name) == ("LATEST-scale-postgres.md", "scale-postgres.json")
+    assert outputs("sqlite")[0].name == "LATEST-scale.md"
+    result = {
+        "config": {"command": "python benchmark/scale.py --backend postgres", "sizes": [50],
+                   "params_per_node": 5, "repeats": 3, "latency_ms": 25.0,
+                   "backend": "postgres"},
+        "machine": {"when": "2026-01-01 00:00 UTC", "cpus": 2, "load_before": 0.5,
+                    "kedro_vertex_hooks": "abc1234", "seconds": 300},
+        "sizes": [size(50)],
+    }  # fmt: skip
+    text = report(result, tmp_path / "a.md", tmp_path / "a.json")
+    assert "the MLflow server on PostgreSQL 15" in text
