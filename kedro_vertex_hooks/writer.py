@@ -28,13 +28,7 @@ from kedro_vertex_hooks.batching import (
     requests_of,
     shares_a_request,
 )
-from kedro_vertex_hooks.errors import UserError
-from kedro_vertex_hooks.naming import (
-    MAX_TAG_VALUE_LENGTH,
-    TAG_PARAM_CONFLICT,
-    node_key,
-    trim,
-)
+from kedro_vertex_hooks.known_params import KnownParams, ParamConflictError, is_param_race
 from kedro_vertex_hooks.records import Outcomes, read_outcomes
 from kedro_vertex_hooks.retry import (
     OutageClock,
@@ -52,14 +46,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# What the server answers when another container logged one of a batch's param keys since
-# this one read the run: with another value, or with the same one at the same moment (the
-# SQL store does not retry that duplicate-key race for params; sqlite, then PostgreSQL words).
-_PARAM_RACE_SIGNS = (
-    "Changing param values is not allowed",
-    "UNIQUE constraint failed: params.",
-    "duplicate key value violates unique constraint",
-)
 T = TypeVar("T")
 
 
@@ -77,10 +63,6 @@ def in_background(action: Callable[[], T], name: str) -> Future[T]:
 
     threading.Thread(target=run, name=f"kedro-vertex-hooks-{name}", daemon=True).start()
     return future
-
-
-class ParamConflictError(UserError):
-    """A parameter already logged in the run with another value (``on_param_conflict="fail"``)."""
 
 
 class DeliveryReport(msgspec.Struct):
@@ -137,13 +119,12 @@ class RunWriter:
         self._client = client
         self._requests_at_once = requests_at_once
         self.run_id = run_id
-        self._known_params = dict(known_params)
+        self._known_params = KnownParams(run_id, known_params, on_param_conflict)
         self._clock = OutageClock(outage_budget_s, overload_budget_s)
-        self._on_param_conflict = on_param_conflict
         self._strict = strict
         self._background = background and not strict
         self.report = DeliveryReport()
-        self._lock = threading.Lock()  # what the run is known to hold, and the report
+        self._lock = threading.Lock()  # the report
         self._params_lock = threading.Lock()
         self._start_queue()
 
@@ -153,7 +134,7 @@ class RunWriter:
         if write.is_empty():
             return
         self._check_pid()
-        self._check_conflicts_locally(write)
+        self._record_conflicts(self._known_params.move_conflicts(write))
         if self._background and not wait:
             self._queue.put(write)
             return
@@ -337,8 +318,7 @@ class RunWriter:
         # Writes with params go one at a time: what a write sends is what the run is not known
         # to hold yet. Anything else (a status set alongside the last record) need not wait.
         with self._params_lock if write.params else contextlib.nullcontext():
-            with self._lock:
-                pending = requests_of(write, self._new_params(write))
+            pending = requests_of(write, self._known_params.new_in(write))
             _, late = self._call(lambda: self._send(write, pending), f"MLflow run {self.run_id}")
         with self._lock:
             self.report.delivered += size
@@ -389,39 +369,17 @@ class RunWriter:
                 self.run_id, params=request.params, tags=request.tags, metrics=request.metrics
             )
         except Exception as exc:
-            if refreshed or not request.params:
-                raise
-            if not any(sign in str(exc) for sign in _PARAM_RACE_SIGNS):
+            if refreshed or not request.params or not is_param_race(exc):
                 raise
             # Another container logged one of these keys since we read the run: refresh once;
             # equal values are then not sent again, other values become conflicts.
             logged = self._client.get_run(self.run_id).data.params
-            with self._lock:
-                self._known_params.update(logged)
-                self._check_conflicts_locally(request)
-                request.params = self._new_params(request)
+            self._record_conflicts(self._known_params.refresh(logged, request))
             self._send_request(request, refreshed=True)
             return
-        with self._lock:
-            self._known_params.update(request.params)
+        self._known_params.learn(request.params)
 
-    def _new_params(self, write: Write) -> dict[str, str]:
-        return {k: v for k, v in write.params.items() if self._known_params.get(k) != v}
-
-    def _check_conflicts_locally(self, write: Write) -> None:
-        """Move params whose key holds another value in the run out of the write."""
-        for key in [k for k, v in write.params.items() if self._known_params.get(k, v) != v]:
-            value = write.params.pop(key)
-            old = self._known_params[key]
-            message = (
-                f"Parameter '{key}' is already logged in MLflow run {self.run_id} with value "
-                f"{trim(old, 200)!r}; this step has {trim(value, 200)!r}"
-            )
-            if self._on_param_conflict == "fail":
-                raise ParamConflictError(
-                    message + ". Set MlflowRunHooks(on_param_conflict='tag') to record it as "
-                    "a tag instead."
-                )
-            logger.warning("%s: recorded as tag %s", message, node_key(TAG_PARAM_CONFLICT, key))
-            self.report.conflicts.append(key)
-            write.tags[node_key(TAG_PARAM_CONFLICT, key)] = trim(value, MAX_TAG_VALUE_LENGTH)
+    def _record_conflicts(self, keys: list[str]) -> None:
+        if keys:
+            with self._lock:
+                self.report.conflicts.extend(keys)
