@@ -34,7 +34,12 @@ def median_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> 
     return ordered[cut], ordered[n - 1 - cut]
 
 
-def verdict(interval: tuple[float, float], limit: float) -> bool | str:
+def interval_ms(seconds: Sequence[float]) -> list[float]:
+    """:func:`median_interval` of differences in seconds, in ms to 0.1, as the tables show it."""
+    return [round(bound * 1000, 1) for bound in median_interval(seconds)]
+
+
+def verdict(interval: Sequence[float], limit: float) -> bool | str:
     """True when the whole interval is within ``limit``, False when it is all above,
     ``"undecided"`` when it straddles the limit."""
     low, high = interval

@@ -53,7 +53,7 @@ from generate_project import (  # noqa: E402
     node_names,
 )
 
-from benchmark.paired import median_interval, verdict  # noqa: E402
+from benchmark.paired import interval_ms, verdict  # noqa: E402
 from tests.support.mlflow_server import MlflowServer  # noqa: E402
 from tests.support.proxy import MlflowProxy, TrafficStats  # noqa: E402
 
@@ -585,7 +585,7 @@ def summarise(
                 (s.wall_s - baseline[(s.repeat, s.nodes[0])].wall_s) / nodes_per_run for s in runs
             ]
             overhead_ms = statistics.median(extra) * 1000
-            interval = [round(bound * 1000, 1) for bound in median_interval(extra)]
+            interval = interval_ms(extra)
             cpu_extra = [
                 (s.cpu_s - baseline[(s.repeat, s.nodes[0])].cpu_s) / nodes_per_run for s in runs
             ]
@@ -687,7 +687,7 @@ def check_targets(
 
     def timed(r: dict, limit: float) -> bool | str:
         """Judged by the 95 % confidence interval of the median of its pairs."""
-        return verdict(tuple(r["overhead_interval_ms_per_node"]), limit)
+        return verdict(r["overhead_interval_ms_per_node"], limit)
 
     inproc, pernode = row("in-process"), row("per-node")
     # A round trip is the proxy's bare latency: the server's own time is not ours to spend.

@@ -61,7 +61,7 @@ sys.path.insert(0, str(BENCHMARK_DIR))
 
 from generate_project import EXPERIMENT, fan_out, generate_project, node_names  # noqa: E402
 
-from benchmark.paired import median_interval, verdict  # noqa: E402
+from benchmark.paired import interval_ms, verdict  # noqa: E402
 from benchmark.run import (  # noqa: E402
     STEP_SLACK_MS,
     base_environment,
@@ -283,9 +283,7 @@ def log_batch_server_ms(process: dict, bare_ms: float | None) -> float | None:
 
 def _interval_ms(seconds: Sequence[float]) -> list[float] | None:
     """The 95 % confidence interval of the median of paired differences, in ms."""
-    if not seconds:
-        return None
-    return [round(bound * 1000, 1) for bound in median_interval(seconds)]
+    return interval_ms(seconds) if seconds else None
 
 
 def _mb(sizes: list[int] | None) -> float | None:
@@ -312,7 +310,7 @@ def check_targets(rows: list[dict]) -> list[dict]:
     ) -> None:
         met: bool | str | None = None
         if figure is not None and limit is not None:
-            met = figure <= limit if spread is None else verdict(tuple(spread), limit)
+            met = figure <= limit if spread is None else verdict(spread, limit)
         targets.append(
             {"target": name, "nodes": n, "figure": figure, "limit": limit, "met": met,
              "spread": spread}
