@@ -116,6 +116,11 @@ class OutageClock:
                 return True
             return False
 
+    def in_trouble(self) -> bool:
+        """Whether the last call failed and none has succeeded since."""
+        with self._lock:
+            return self._trouble_since is not None
+
     def recovered(self) -> float | None:
         """Record a successful call; the trouble's length if one just ended."""
         with self._lock:

@@ -343,13 +343,16 @@ class TrackingSession:
         status is as true as if the outcomes were read after this step's writes. Otherwise
         (another leaf may be finishing at this moment) only reading after the writes is safe:
         of two steps that end together, at least one then sees both. A step whose writes
-        were given up, or whose nodes ran in worker processes, reads the outcomes again too.
+        were given up, or whose nodes ran in worker processes, reads the outcomes again too,
+        and so does one whose writes are being retried through an outage: its status and
+        its record would be retried apart, and a retried step opening in between would see
+        the run FINISHED without this step's record and set it RUNNING again.
         A last record given up after the status was sent still fails the step (see
         :meth:`raise_if_undelivered`), so that the orchestrator retries it or ``finalize``
         reports the node as lost.
         """
         ahead, self._outcomes_ahead = self._outcomes_ahead, None
-        if ahead is None or self.writer.report.given_up:
+        if ahead is None or self.writer.report.given_up or self.writer.waiting_out_trouble():
             return None
         outcomes = ahead.result()
         if outcomes is None:

@@ -166,6 +166,10 @@ class RunWriter:
         """:meth:`read_outcomes` on a daemon thread, while the caller goes on."""
         return in_background(self.read_outcomes, "outcomes")
 
+    def waiting_out_trouble(self) -> bool:
+        """Whether a call failed and is being retried (none has succeeded since)."""
+        return self._clock.in_trouble()
+
     def set_status_alongside(self, status: str) -> Future[None]:
         """Set the run's status on a daemon thread while the caller flushes the queue: a
         status already decided and the step's last record then take one round trip, not two.
